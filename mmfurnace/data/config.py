@@ -1,0 +1,48 @@
+"""Config of the data section: which dataset, how each modality is preprocessed, how it loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from mmfurnace.modalities import Modality
+from mmfurnace.typed_config import StrictModel
+
+
+class ImagePrepConfig(StrictModel):
+    size: tuple[int, int] = (28, 28)
+    channels: Literal[1, 3] = 1
+    mean: list[float] = Field(default_factory=lambda: [0.5])
+    std: list[float] = Field(default_factory=lambda: [0.5])
+
+
+class AudioPrepConfig(StrictModel):
+    sample_rate: int = Field(16000, gt=0)
+    features: Literal["mfcc", "logmel"] = "mfcc"
+    n_mfcc: int = Field(20, gt=0)
+    n_mels: int = Field(40, gt=0)
+    n_fft: int = Field(512, gt=0)
+    hop_length: int = Field(160, gt=0)
+    max_seconds: float | None = Field(2.0, gt=0)
+
+
+class TextPrepConfig(StrictModel):
+    max_length: int = Field(32, gt=2)
+    vocab_size: int = Field(1000, gt=10)
+    lowercase: bool = True
+    tokenizer: Path | None = None
+
+
+class DataConfig(StrictModel):
+    dataset: Literal["digits-av", "avmnist", "mmimdb", "manifest", "packed"] = "digits-av"
+    root: Path = Path("data/digits-av")
+    modalities: list[Modality] = Field(default_factory=lambda: ["audio", "image", "text"])
+    batch_size: int = Field(64, gt=0)
+    num_workers: int = Field(0, ge=0)
+    prefetch_factor: int = Field(2, gt=0)
+    pin_memory: bool | None = None  # None: on when training on a GPU
+    image: ImagePrepConfig = Field(default_factory=ImagePrepConfig)
+    audio: AudioPrepConfig = Field(default_factory=AudioPrepConfig)
+    text: TextPrepConfig = Field(default_factory=TextPrepConfig)

@@ -1,0 +1,154 @@
+"""Build a split's dataset from the data config, by name through the ``DATASETS`` registry.
+
+Every dataset built here yields :class:`~mmfurnace.data.batch.Sample` and has
+``.info: DatasetInfo``. ``cfg.modalities`` selects modalities; a reader keeps the ones it
+has (AV-MNIST has no text), and asking for none it has is an error.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from mmfurnace.data.avmnist import AVMNIST, AVMNIST_MODALITIES
+from mmfurnace.data.cache import PackedDataset, read_header
+from mmfurnace.data.config import DataConfig
+from mmfurnace.data.manifest import ManifestDataset, read_manifest
+from mmfurnace.data.mmimdb import MMIMDB_MODALITIES, MMIMDb
+from mmfurnace.errors import ConfigError, InputError
+from mmfurnace.registry import Registry
+
+DatasetBuilder = Callable[[DataConfig, str], Dataset]
+DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def build_dataset(cfg: DataConfig, split: str) -> Dataset:
+    """The ``split`` ("train", "valid", "test") of the dataset ``cfg.dataset`` names."""
+    return DATASETS[cfg.dataset](cfg, split)
+
+
+def _keep(cfg: DataConfig, available: Sequence[str]) -> list[str]:
+    keep = sorted(set(cfg.modalities) & set(available))
+    if not keep:
+        raise ConfigError(
+            f"data.modalities {list(cfg.modalities)}: dataset {cfg.dataset!r} has only "
+            f"{', '.join(sorted(available))}"
+        )
+    return keep
+
+
+def packed_root(root: Path) -> Path:
+    """``root/packed`` when it exists (a built dataset folder), else ``root`` itself."""
+    return root / "packed" if (root / "packed").is_dir() else root
+
+
+@DATASETS.register("packed")
+def _packed(cfg: DataConfig, split: str) -> Dataset:
+    root = packed_root(cfg.root)
+    available = list(read_header(root)["arrays"])
+    return PackedDataset(root, split, modalities=_keep(cfg, available))
+
+
+DATASETS.register("digits-av")(_packed)
+
+
+@DATASETS.register("avmnist")
+def _avmnist(cfg: DataConfig, split: str) -> Dataset:
+    return AVMNIST(cfg.root, split, modalities=_keep(cfg, AVMNIST_MODALITIES))
+
+
+@DATASETS.register("mmimdb")
+def _mmimdb(cfg: DataConfig, split: str) -> Dataset:
+    return MMIMDb(cfg.root, split, modalities=_keep(cfg, MMIMDB_MODALITIES))
+
+
+@DATASETS.register("manifest")
+def _manifest(cfg: DataConfig, split: str) -> Dataset:
+    path = cfg.root
+    if path.is_dir():
+        path = path / "manifest.jsonl"
+    records = read_manifest(path)
+    available = [m for m in ("audio", "image", "text") if any(r.has(m) for r in records)]
+    keep = _keep(cfg, available)
+    preprocessors = build_preprocessors(cfg, keep, manifest=path)
+    return ManifestDataset(path, preprocessors=preprocessors, split=split)
+
+
+def build_preprocessors(
+    cfg: DataConfig, modalities: Sequence[str], *, manifest: Path
+) -> dict[str, Callable]:
+    """One preprocessor per modality from ``cfg.image/audio/text``.
+
+    The tokenizer is ``cfg.text.tokenizer`` when set, else ``tokenizer.json`` beside the
+    manifest, else a WordPiece tokenizer trained on the manifest's train texts, once per
+    process and manifest version, so every split built in this process gets the same one.
+    Save it (``TextPreprocessor.save``) with a checkpoint: a new process trains a new one.
+    """
+    out: dict[str, Callable] = {}
+    if "image" in modalities:
+        from mmfurnace.data.image import ImagePreprocessor
+
+        c = cfg.image
+        out["image"] = ImagePreprocessor(
+            size=tuple(c.size), channels=c.channels, mean=tuple(c.mean), std=tuple(c.std)
+        )
+    if "audio" in modalities:
+        from mmfurnace.data.audio import AudioPreprocessor
+
+        a = cfg.audio
+        out["audio"] = AudioPreprocessor(
+            sample_rate=a.sample_rate,
+            features=a.features,
+            n_mfcc=a.n_mfcc,
+            n_mels=a.n_mels,
+            n_fft=a.n_fft,
+            hop_length=a.hop_length,
+            max_seconds=a.max_seconds,
+        )
+    if "text" in modalities:
+        from mmfurnace.data.text import TextPreprocessor
+
+        out["text"] = TextPreprocessor(_tokenizer(cfg, manifest), max_length=cfg.text.max_length)
+    return out
+
+
+def _tokenizer(cfg: DataConfig, manifest: Path) -> object:
+    from mmfurnace.data.text import load_tokenizer
+
+    if cfg.text.tokenizer is not None:
+        return load_tokenizer(cfg.text.tokenizer)
+    beside = manifest.parent / TOKENIZER_FILE
+    if beside.is_file():
+        return load_tokenizer(beside)
+    stat = manifest.stat()
+    return _train_tokenizer(
+        str(manifest.resolve()),
+        stat.st_mtime_ns,
+        stat.st_size,
+        cfg.text.vocab_size,
+        cfg.text.lowercase,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _train_tokenizer(
+    manifest: str, mtime_ns: int, size: int, vocab_size: int, lowercase: bool
+) -> object:
+    """Train once per manifest version: WordPiece training is not deterministic between
+    calls, so the train, valid and test splits must share one tokenizer, not train three.
+    (``mtime_ns``/``size`` are in the key so an edited manifest trains a new one.)
+    """
+    from mmfurnace.data.text import build_wordpiece_tokenizer
+
+    path = Path(manifest)
+    texts = [r.text for r in read_manifest(path) if r.split == "train" and r.text]
+    if not texts:
+        raise InputError(
+            f"{path}: no train text to build a tokenizer from; set data.text.tokenizer "
+            f"or put a {TOKENIZER_FILE} beside the manifest"
+        )
+    return build_wordpiece_tokenizer(texts, vocab_size=vocab_size, lowercase=lowercase)

@@ -1,0 +1,145 @@
+"""Turn raw files into a ready dataset: raw build, tokenizer, packed cache, summary.
+
+A built dataset folder looks like::
+
+    root/raw/manifest.jsonl, images/, audio/, tokenizer.json   (decodable raw files)
+    root/packed/<modality>.npy, index.npz, info.json          (preprocessed, memory-mapped)
+    root/packed/preprocessing.json, tokenizer.json            (what a deployment needs)
+
+The tokenizer is trained once and saved: WordPiece training is not deterministic between
+calls, so every later reader (and the server) must load this file, never retrain.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mmfurnace.data.cache import pack_datasets, read_header, verify_packed
+from mmfurnace.data.config import DataConfig
+from mmfurnace.data.datasets import TOKENIZER_FILE, build_preprocessors, packed_root
+from mmfurnace.data.manifest import ManifestDataset, read_manifest
+from mmfurnace.errors import ConfigError
+from mmfurnace.registry import Registry
+
+PREPROCESSING_FILE = "preprocessing.json"
+BUILTINS: Registry[Callable[..., Path]] = Registry("built-in dataset")
+
+__all__ = ["BUILTINS", "build_builtin", "pack_manifest", "packed_root", "print_summary"]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+
+
+@BUILTINS.register("digits-av")
+def _digits_av_raw(out: Path, *, seed: int, force: bool) -> Path:
+    from mmfurnace.data.builtin.digits_av import build_digits_av_raw
+
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"digits-av: {stage}", total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        return build_digits_av_raw(out, seed=seed, progress=report, overwrite=force)
+
+
+def build_builtin(
+    name: str, out: Path, *, data_cfg: DataConfig, seed: int = 0, force: bool = False
+) -> Path:
+    """Build built-in dataset ``name`` under ``out`` (raw files, then the packed cache).
+
+    Existing parts are reused unless ``force``; returns ``out``.
+    """
+    builder = BUILTINS[name]
+    out = Path(out)
+    manifest = out / "raw" / "manifest.jsonl"
+    if force or not manifest.is_file():
+        manifest = builder(out, seed=seed, force=force)
+    packed = out / "packed"
+    if force or not (packed / "info.json").is_file():
+        pack_manifest(manifest, packed, data_cfg=data_cfg)
+    return out
+
+
+def ensure_tokenizer(manifest: Path, data_cfg: DataConfig) -> Path:
+    """The tokenizer file for ``manifest``: the configured one, or one trained on its train
+    texts and saved beside it (once)."""
+    if data_cfg.text.tokenizer is not None:
+        return Path(data_cfg.text.tokenizer)
+    path = manifest.parent / TOKENIZER_FILE
+    if not path.is_file():
+        from mmfurnace.data.text import build_wordpiece_tokenizer
+
+        texts = [r.text for r in read_manifest(manifest) if r.split == "train" and r.text]
+        if texts:
+            tokenizer = build_wordpiece_tokenizer(
+                texts, vocab_size=data_cfg.text.vocab_size, lowercase=data_cfg.text.lowercase
+            )
+            tmp = path.with_suffix(".tmp")
+            tokenizer.save(str(tmp))
+            tmp.replace(path)
+    return path
+
+
+def pack_manifest(manifest: Path, packed: Path, *, data_cfg: DataConfig) -> Path:
+    """Preprocess every sample of ``manifest`` once and write the packed cache at ``packed``."""
+    records = read_manifest(manifest)
+    available = [m for m in ("audio", "image", "text") if any(r.has(m) for r in records)]
+    modalities = sorted(set(available) & set(data_cfg.modalities))
+    if not modalities:
+        raise ConfigError(f"data.modalities {data_cfg.modalities}: {manifest} has only {available}")
+    tokenizer_path = ensure_tokenizer(manifest, data_cfg) if "text" in modalities else None
+    cfg = data_cfg.model_copy(update={"modalities": modalities})
+    if tokenizer_path is not None:
+        cfg.text = cfg.text.model_copy(update={"tokenizer": tokenizer_path})
+    preprocessors = build_preprocessors(cfg, modalities, manifest=manifest)
+    splits = sorted({r.split for r in records}, key=("train", "valid", "test").index)
+    datasets = {s: ManifestDataset(manifest, preprocessors=preprocessors, split=s) for s in splits}
+    total = sum(len(d) for d in datasets.values())
+    with _progress() as bar:
+        task = bar.add_task("packing samples", total=total)
+        pack_datasets(packed, datasets, progress=lambda n: bar.update(task, completed=n))
+    settings = {m: p.to_dict() for m, p in preprocessors.items()}
+    (packed / PREPROCESSING_FILE).write_text(json.dumps(settings, indent=2, default=str))
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, packed / TOKENIZER_FILE)
+    return packed
+
+
+def print_summary(root: Path, console: Console | None = None) -> dict:
+    """Print (and return) a summary of the packed dataset at ``root`` or ``root/packed``."""
+    console = console or Console()
+    packed = packed_root(Path(root))
+    header = read_header(packed)
+    summary = verify_packed(packed)
+    info = header["info"]
+    table = Table(title=f"dataset {packed}")
+    table.add_column("modality")
+    table.add_column("per-sample shape")
+    table.add_column("dtype")
+    table.add_column("present")
+    for m in info["modalities"]:
+        shape = "x".join("T" if d is None else str(d) for d in info["input_shapes"][m])
+        table.add_row(m, shape, info["input_dtypes"][m], f"{summary['presence'].get(m, 0):.0%}")
+    console.print(table)
+    console.print(
+        f"classes ({info['num_classes']}): {', '.join(info['class_names'])}; "
+        f"splits: {summary['splits']}"
+    )
+    return summary

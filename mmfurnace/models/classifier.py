@@ -1,0 +1,128 @@
+"""MultimodalClassifier: encoders (one per modality) -> fusion -> head, with a presence mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mmfurnace.data.batch import Batch
+from mmfurnace.errors import ConfigError, InputError
+from mmfurnace.models.layers import zero_absent
+from mmfurnace.models.outputs import EncoderOutput, FusionOutput
+
+
+class ClassifierOutput(NamedTuple):
+    """logits:          (batch, num_classes).
+    embeddings:      modality -> (batch, dim) pooled encoder output, for the modalities given;
+                     rows where the modality is absent are computed from zeros and must be
+                     masked with ``present`` by the loss.
+    projected:       modality -> (batch, proj_dim), embeddings in the shared consistency space.
+    fused:           (batch, fusion.out_dim).
+    unimodal_logits: modality -> (batch, num_classes), from late fusion; else None.
+    weights:         (batch, num_modalities) per-row modality weights (late, gated); else None.
+    """
+
+    logits: Tensor
+    embeddings: dict[str, Tensor]
+    projected: dict[str, Tensor]
+    fused: Tensor
+    unimodal_logits: dict[str, Tensor] | None
+    weights: Tensor | None
+
+
+class MultimodalClassifier(nn.Module):
+    """Encoders -> fusion -> head. ``encode`` and ``fuse`` are separate so a server can run each
+    encoder on its own device and the fusion + head elsewhere."""
+
+    def __init__(
+        self,
+        *,
+        encoders: nn.ModuleDict,
+        fusion: nn.Module,
+        head: nn.Module,
+        modalities: Sequence[str],
+        multilabel: bool = False,
+        proj_dim: int = 32,
+    ) -> None:
+        super().__init__()
+        self.modalities = sorted(modalities)
+        if sorted(encoders.keys()) != self.modalities:
+            raise ConfigError(
+                f"encoders {sorted(encoders.keys())} do not match modalities {self.modalities}"
+            )
+        fusion_modalities = getattr(fusion, "modalities", self.modalities)
+        if list(fusion_modalities) != self.modalities:
+            raise ConfigError(
+                f"fusion was built for {list(fusion_modalities)}, model has {self.modalities}"
+            )
+        self.encoders = encoders
+        self.fusion = fusion
+        self.head = head
+        self.projections = nn.ModuleDict(
+            {m: nn.Linear(encoders[m].out_dim, proj_dim) for m in self.modalities}
+        )
+        self.multilabel = multilabel
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute encoder (and cross-attention fusion) activations in backward to save memory."""
+        for encoder in self.encoders.values():
+            encoder.set_grad_checkpointing(enabled)
+        if hasattr(self.fusion, "set_grad_checkpointing"):
+            self.fusion.set_grad_checkpointing(enabled)
+
+    def encode(
+        self, modality: str, x: Tensor, padding: Tensor | None = None, present: Tensor | None = None
+    ) -> EncoderOutput:
+        """Run one modality's encoder. x: that modality's batch tensor; padding (batch, seq) bool
+        True=real; present (batch,) bool: absent rows are zeroed (and their padding cleared)
+        first, so whatever they hold cannot reach any output or gradient."""
+        if modality not in self.encoders:
+            raise InputError(f"model has no encoder for {modality!r}; it has {self.modalities}")
+        if present is not None:
+            present = present.to(torch.bool)
+            x = zero_absent(x, present)
+            if padding is not None:
+                padding = padding & present.unsqueeze(1)
+        return self.encoders[modality](x, padding)
+
+    def fuse(self, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
+        """Fusion + head: features of any subset of modalities -> logits (batch, num_classes)."""
+        return self.head(self.fusion(features, present).fused)
+
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        present: dict[str, Tensor],
+        padding: dict[str, Tensor] | None = None,
+    ) -> ClassifierOutput:
+        """inputs: modality -> batch tensor (a modality left out is absent for every row);
+        present: modality -> (batch,) bool; padding: sequence modality -> (batch, seq) bool."""
+        unknown = sorted(set(inputs) - set(self.modalities))
+        if unknown:
+            raise InputError(
+                f"inputs have modalities {unknown} the model was not built for ({self.modalities})"
+            )
+        if not inputs:
+            raise InputError(f"inputs hold no modality; the model takes {self.modalities}")
+        padding = padding or {}
+        features = {
+            m: self.encode(m, inputs[m], padding.get(m), present.get(m))
+            for m in self.modalities
+            if m in inputs
+        }
+        fusion_out: FusionOutput = self.fusion(features, present)
+        embeddings = {m: f.pooled for m, f in features.items()}
+        return ClassifierOutput(
+            logits=self.head(fusion_out.fused),
+            embeddings=embeddings,
+            projected={m: self.projections[m](e) for m, e in embeddings.items()},
+            fused=fusion_out.fused,
+            unimodal_logits=fusion_out.unimodal_logits,
+            weights=fusion_out.weights,
+        )
+
+    def forward_batch(self, batch: Batch) -> ClassifierOutput:
+        return self(batch.inputs, batch.present, batch.padding)

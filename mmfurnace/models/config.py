@@ -1,0 +1,68 @@
+"""Config of the model section: which encoder per modality, which fusion, and their sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+import mmfurnace.models.encoders  # noqa: F401  (fills ENCODERS)
+import mmfurnace.models.fusion  # noqa: F401  (fills FUSIONS)
+from mmfurnace.modalities import Modality
+from mmfurnace.models.registry import ENCODERS, FUSIONS
+from mmfurnace.typed_config import StrictModel
+
+DEFAULT_ENCODERS: dict[str, str] = {"audio": "cnn1d", "image": "lenet", "text": "transformer"}
+
+
+class EncoderConfig(StrictModel):
+    name: str
+    dim: int = Field(64, gt=0)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    path: Path | None = None  # local model folder, for name "hf"
+
+    @field_validator("name")
+    @classmethod
+    def _known_encoder(cls, name: str) -> str:
+        ENCODERS[name]  # raises ConfigError (a ValueError) listing the known names
+        return name
+
+
+class ModelConfig(StrictModel):
+    encoders: dict[Modality, EncoderConfig] = Field(
+        default_factory=lambda: {m: EncoderConfig(name=n) for m, n in DEFAULT_ENCODERS.items()}
+    )
+    fusion: str = "cross_attention"
+    hidden_dim: int = Field(64, gt=0)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(1, ge=1)
+    rank: int = Field(4, ge=1)
+    tensor_dim: int = Field(
+        16, gt=0
+    )  # tensor fusion: each modality is projected to this before the outer product
+    proj_dim: int = Field(32, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @field_validator("fusion")
+    @classmethod
+    def _known_fusion(cls, name: str) -> str:
+        FUSIONS[name]
+        return name
+
+    @field_validator("encoders", mode="before")
+    @classmethod
+    def _fill_defaults(cls, raw: Any) -> Any:
+        # Setting one modality (or one key of it, e.g. encoders.image.dim=128) keeps the
+        # defaults of everything else instead of dropping the other modalities.
+        if not isinstance(raw, dict):
+            return raw
+        merged: dict[Any, Any] = {m: {"name": n} for m, n in DEFAULT_ENCODERS.items()}
+        for modality, value in raw.items():
+            if isinstance(value, dict) and modality in DEFAULT_ENCODERS:
+                merged[modality] = {"name": DEFAULT_ENCODERS[modality], **value}
+            else:
+                merged[modality] = value
+        return merged

@@ -1,0 +1,102 @@
+"""Fusion "cross_attention": one Transformer over the tokens of every modality plus a fusion
+([CLS]) token, whose output is the fused vector."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mmfurnace.errors import ConfigError, InputError
+from mmfurnace.models.layers import run_block
+from mmfurnace.models.outputs import EncoderOutput, FusionOutput
+from mmfurnace.models.registry import FUSIONS
+
+
+class CrossAttentionFusion(nn.Module):
+    """Each modality's sequence is projected to ``hidden_dim`` and tagged with a learned
+    modality-type embedding; the tokens of all modalities follow a learned fusion token, and
+    self-attention runs across all of them. The key padding mask hides padded tokens and every
+    token of an absent modality (whose values are also zeroed), so attention weights on them
+    are exactly 0. The fusion token is never masked, so a row with nothing present stays finite.
+    A modality missing from ``features`` simply contributes no tokens."""
+
+    def __init__(
+        self,
+        *,
+        dims: dict[str, int],
+        hidden_dim: int = 64,
+        heads: int = 4,
+        layers: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.modalities = sorted(dims)
+        self.proj = nn.ModuleDict({m: nn.Linear(dims[m], hidden_dim) for m in self.modalities})
+        self.type_embed = nn.Parameter(torch.randn(len(self.modalities), hidden_dim) * 0.02)
+        self.cls = nn.Parameter(torch.randn(1, 1, hidden_dim) * 0.02)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                hidden_dim,
+                heads,
+                2 * hidden_dim,
+                dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.out_dim = hidden_dim
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.grad_checkpointing = enabled
+
+    def forward(
+        self, features: dict[str, EncoderOutput], present: dict[str, Tensor]
+    ) -> FusionOutput:
+        """-> fused (batch, hidden_dim): the fusion token after the last block."""
+        if not features:
+            raise InputError(f"fusion got no modality features; expected some of {self.modalities}")
+        batch = next(iter(features.values())).sequence.shape[0]
+        tokens = [self.cls.expand(batch, -1, -1)]
+        ignore = [torch.zeros(batch, 1, dtype=torch.bool, device=self.cls.device)]
+        for i, m in enumerate(self.modalities):
+            if m not in features:
+                continue
+            seq, padding = features[m].sequence, features[m].padding
+            real = (
+                torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
+                if padding is None
+                else padding
+            )
+            if m in present:
+                real = real & present[m].to(torch.bool).unsqueeze(1)
+            tokens.append(
+                self.proj[m](seq.masked_fill(~real.unsqueeze(-1), 0.0)) + self.type_embed[i]
+            )
+            ignore.append(~real)
+        x, key_ignore = torch.cat(tokens, dim=1), torch.cat(ignore, dim=1)
+        for block in self.blocks:
+            x = run_block(block, x, None, key_ignore, checkpointing=self.grad_checkpointing)
+        return FusionOutput(self.norm(x[:, 0]), None, None)
+
+
+@FUSIONS.register("cross_attention")
+def cross_attention(
+    *,
+    dims: dict[str, int],
+    hidden_dim: int = 64,
+    heads: int = 4,
+    layers: int = 1,
+    dropout: float = 0.1,
+    **_: object,
+) -> CrossAttentionFusion:
+    if hidden_dim % heads:
+        raise ConfigError(
+            f"fusion 'cross_attention': hidden_dim {hidden_dim} must be divisible by heads {heads}"
+        )
+    return CrossAttentionFusion(
+        dims=dims, hidden_dim=hidden_dim, heads=heads, layers=layers, dropout=dropout
+    )

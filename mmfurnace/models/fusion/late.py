@@ -1,0 +1,68 @@
+"""Fusion "late": one classifier per modality, combined at the decision level with learned
+weights renormalized over the modalities present in each row."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mmfurnace.models.layers import masked_softmax, pooled_inputs, zero_absent
+from mmfurnace.models.outputs import EncoderOutput, FusionOutput
+from mmfurnace.models.registry import FUSIONS
+
+
+class LateFusion(nn.Module):
+    """logits = sum_m w_m * head_m(pooled_m), with w = softmax(weight_logits) taken over the
+    present modalities only (an absent modality gets weight 0 and the rest sum to 1).
+
+    ``fused`` already holds logits (out_dim = num_classes), so the classifier's head is
+    Identity; ``produces_logits`` tells the builder so."""
+
+    produces_logits = True
+
+    def __init__(
+        self, *, dims: dict[str, int], num_classes: int, hidden_dim: int = 64, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.modalities = sorted(dims)
+        self.dims = dict(dims)
+        self.heads = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    nn.Linear(dims[m], hidden_dim),
+                    nn.GELU(),
+                    nn.Dropout(dropout),
+                    nn.Linear(hidden_dim, num_classes),
+                )
+                for m in self.modalities
+            }
+        )
+        self.weight_logits = nn.Parameter(torch.zeros(len(self.modalities)))
+        self.out_dim = num_classes
+
+    def forward(
+        self, features: dict[str, EncoderOutput], present: dict[str, Tensor]
+    ) -> FusionOutput:
+        """-> fused (batch, num_classes) logits, unimodal_logits for the modalities in
+        ``features``, weights (batch, num_modalities)."""
+        pooled, mask = pooled_inputs(features, present, self.modalities, self.dims)
+        logits = {m: self.heads[m](x) for m, x in zip(self.modalities, pooled, strict=True)}
+        weights = masked_softmax(self.weight_logits.expand(mask.shape[0], -1), mask)
+        stacked = torch.stack(
+            [zero_absent(logits[m], mask[:, i]) for i, m in enumerate(self.modalities)], dim=1
+        )
+        fused = (weights.unsqueeze(-1) * stacked).sum(1)
+        unimodal = {m: logits[m] for m in self.modalities if m in features}
+        return FusionOutput(fused, unimodal, weights)
+
+
+@FUSIONS.register("late")
+def late(
+    *,
+    dims: dict[str, int],
+    num_classes: int,
+    hidden_dim: int = 64,
+    dropout: float = 0.1,
+    **_: object,
+) -> LateFusion:
+    return LateFusion(dims=dims, num_classes=num_classes, hidden_dim=hidden_dim, dropout=dropout)

@@ -1,0 +1,117 @@
+"""Small pieces shared by encoders and fusions (timm's ``layers/``): masks, norms, checkpointing.
+
+Everything here is per row and per position, so a padded frame or an absent row can never
+leak into another row's result (no batch statistics anywhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mmfurnace.errors import InputError
+from mmfurnace.models.outputs import EncoderOutput
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channel axis of (batch, channels, *positions), per position (timm's
+    LayerNorm2d). Unlike BatchNorm/GroupNorm it never mixes rows or positions, so padding and
+    absent rows cannot change the features of real ones."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        # explicit non-negative permutations: the ONNX exporter writes movedim(-1, 1) as an
+        # invalid Transpose perm
+        last = x.dim() - 1
+        x = x.permute(0, *range(2, last + 1), 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, last, *range(1, last))
+
+
+def run_block(block: nn.Module, *args: Tensor | None, checkpointing: bool) -> Any:
+    """Call ``block(*args)``, recomputing its activations in backward when ``checkpointing``."""
+    if checkpointing and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of x (batch, seq, dim) over positions where mask (batch, seq) is True -> (batch, dim).
+
+    A row with no True position gives zeros. Masked values are filled, not multiplied, so a
+    NaN in padding cannot reach the result."""
+    if mask is None:
+        return x.mean(1)
+    total = x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1)
+    count = mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype)
+    return total / count
+
+
+def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Softmax of scores (batch, n) over the entries where mask (batch, n) is True.
+
+    Masked entries get exactly 0; a row with no True entry gets all zeros (not NaN)."""
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1) * mask
+    return weights / weights.sum(-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
+
+
+def zero_absent(x: Tensor, present: Tensor) -> Tensor:
+    """Zero the rows of x (batch, ...) where present (batch,) is False (fill, so grads are 0)."""
+    return x.masked_fill(~present.reshape((-1,) + (1,) * (x.dim() - 1)), 0)
+
+
+def halve_mask(mask: Tensor) -> Tensor:
+    """Padding (batch, seq) after a stride-2 ceil-mode pool: a pooled slot is real if any input is."""
+    return F.max_pool1d(mask.unsqueeze(1).float(), 2, ceil_mode=True).squeeze(1) > 0
+
+
+def attendable(padding: Tensor) -> Tensor:
+    """Key mask for attention inside an encoder: rows with no real token (absent samples) may
+    attend everywhere, because a fully masked row makes softmax NaN, and NaN would reach the
+    weights through backward. Those rows are masked out again downstream."""
+    return padding | ~padding.any(dim=1, keepdim=True)
+
+
+def check_rank(name: str, x: Tensor, ranks: Sequence[int], layout: str) -> None:
+    """Raise InputError naming the encoder when x has the wrong number of axes."""
+    if x.dim() not in ranks:
+        raise InputError(f"encoder {name!r} expects {layout}, got shape {tuple(x.shape)}")
+
+
+def pooled_inputs(
+    features: dict[str, EncoderOutput],
+    present: dict[str, Tensor],
+    modalities: Sequence[str],
+    dims: dict[str, int],
+) -> tuple[list[Tensor], Tensor]:
+    """The fusion's view of its inputs, in ``modalities`` order.
+
+    Returns pooled vectors (batch, dims[m]) with absent rows zeroed, and the presence mask
+    (batch, num_modalities) bool. A modality missing from ``features`` is absent in every row
+    (zeros stand in); one missing from ``present`` is taken as present in every row.
+    """
+    if not features:
+        raise InputError(f"fusion got no modality features; expected some of {list(modalities)}")
+    ref = next(iter(features.values())).pooled
+    batch = ref.shape[0]
+    vectors: list[Tensor] = []
+    masks: list[Tensor] = []
+    for m in modalities:
+        if m in features:
+            pooled = features[m].pooled
+            mask = (
+                present[m].to(torch.bool)
+                if m in present
+                else pooled.new_ones(batch, dtype=torch.bool)
+            )
+            vectors.append(zero_absent(pooled, mask))
+        else:
+            mask = ref.new_zeros(batch, dtype=torch.bool)
+            vectors.append(ref.new_zeros(batch, dims[m]))
+        masks.append(mask)
+    return vectors, torch.stack(masks, dim=1)

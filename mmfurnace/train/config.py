@@ -1,0 +1,36 @@
+"""Config of the train section: loss weights, optimisation, precision, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from mmfurnace.modalities import Modality
+from mmfurnace.typed_config import StrictModel
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(15, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    alpha: float = Field(0.1, ge=0, description="weight of the cross-modal consistency term")
+    beta: float = Field(1e-4, ge=0, description="weight of the modality-specific L2 term")
+    consistency: Literal["mse", "infonce"] = "mse"
+    temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
+    modality_dropout: dict[Modality, Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=dict,
+        description="per-modality probability of marking it absent in a training row "
+        "(a row never loses all of its modalities)",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_checkpointing: bool = False
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    monitor: Literal["accuracy", "macro_f1", "micro_f1", "loss"] = "accuracy"
+    seed: int = 0
+    device: str = "auto"
+    out_dir: Path = Path("runs/default")
+    log_every: int = Field(20, gt=0)

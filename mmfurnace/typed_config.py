@@ -1,0 +1,121 @@
+"""Typed, validated config objects: strict pydantic models, YAML loading, dotted overrides.
+
+Every section of the run config subclasses :class:`StrictModel`, so an unknown key or a value
+of the wrong type is an error that names the key and what is allowed, never a silent default.
+Override values are parsed as YAML scalars/lists (``yaml.safe_load``), never evaluated.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mmfurnace.errors import ConfigError
+
+M = TypeVar("M", bound="StrictModel")
+# YAML 1.1 (PyYAML) reads "1e-3" as a string; users mean a number.
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are rejected, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``; raise ConfigError naming the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested dict (copied). Values are parsed as YAML."""
+    result = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        parts = key.strip().split(".")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+            if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+                value = float(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from None
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {item!r}: {where} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def parse(model: type[M], raw: dict[str, Any], *, source: str = "config") -> M:
+    """Validate ``raw`` into ``model``; raise ConfigError listing every bad key with allowed values."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        lines = [_describe(model, e) for e in err.errors()]
+        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None
+
+
+def _describe(model: type[BaseModel], error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc) or "<root>"
+    if error["type"] == "extra_forbidden":
+        allowed = _fields_at(model, error["loc"][:-1])
+        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return f"{key}: unknown key{hint}"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (sub)model found by walking ``loc`` through annotations."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            current = _submodel(current)
+            if current is None:
+                return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            # dict[str, Submodel]: the part is a key, stay on the value type
+            continue
+        current = _submodel(field.annotation)
+        if current is None:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _submodel(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}

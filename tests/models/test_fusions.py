@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmfurnace.models import FUSIONS, FusionOutput
+from mmfurnace.models.fusion import LateFusion, TensorFusion
+from mmfurnace.models.outputs import EncoderOutput
+from tests.models.conftest import FEATURE_DIMS, MODALITY_SETS, make_features
+
+NUM_CLASSES = 3
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def build(name: str, modalities: tuple[str, ...]) -> torch.nn.Module:
+    fusion = FUSIONS[name](
+        dims={m: FEATURE_DIMS[m] for m in modalities},
+        num_classes=NUM_CLASSES,
+        hidden_dim=16,
+        heads=2,
+        layers=2,
+        rank=3,
+        tensor_dim=4,
+        dropout=0.0,
+    )
+    return fusion.eval()
+
+
+def presence(batch: int, modalities: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Row 0: everything present; row 1: only the first modality; row 2: nothing present;
+    other rows alternate so every modality is absent somewhere."""
+    present = {}
+    for k, m in enumerate(modalities):
+        p = torch.tensor([(i + k) % 2 == 0 for i in range(batch)])
+        p[0], p[1], p[2] = True, k == 0, False
+        present[m] = p
+    return present
+
+
+@pytest.mark.parametrize("modalities", MODALITY_SETS, ids="+".join)
+@pytest.mark.parametrize("name", FUSIONS.names())
+def test_fusion_output_shapes(name: str, modalities: tuple[str, ...]) -> None:
+    fusion = build(name, modalities)
+    out = fusion(make_features(modalities), presence(5, modalities))
+    assert isinstance(out, FusionOutput)
+    assert out.fused.shape == (5, fusion.out_dim)
+    assert torch.isfinite(out.fused).all()
+    if name == "late":
+        assert fusion.out_dim == NUM_CLASSES
+        assert sorted(out.unimodal_logits) == list(modalities)
+        assert all(v.shape == (5, NUM_CLASSES) for v in out.unimodal_logits.values())
+    if out.weights is not None:
+        assert out.weights.shape == (5, len(modalities))
+
+
+@pytest.mark.parametrize("modalities", MODALITY_SETS[1:], ids="+".join)
+@pytest.mark.parametrize("name", FUSIONS.names())
+def test_absent_content_changes_nothing_and_gets_zero_gradient(
+    name: str, modalities: tuple[str, ...]
+) -> None:
+    fusion = build(name, modalities)
+    present = presence(5, modalities)
+    features = make_features(modalities)
+    out = fusion(features, present)
+    leaves = [t for f in features.values() for t in (f.sequence, f.pooled)]
+    grads = torch.autograd.grad(out.fused.square().sum(), leaves, allow_unused=True)
+
+    perturbed = {}
+    for m, f in features.items():
+        absent = ~present[m]
+        seq = f.sequence.detach().clone()
+        pooled = f.pooled.detach().clone()
+        seq[absent] = 1e3 * torch.randn_like(seq[absent])
+        pooled[absent] = 1e3 * torch.randn_like(pooled[absent])
+        perturbed[m] = EncoderOutput(seq, pooled, f.padding)
+    torch.testing.assert_close(fusion(perturbed, present).fused, out.fused.detach(), **TOL)
+
+    used_by_present_rows = 0.0
+    for m, g_seq, g_pool in zip(features, grads[0::2], grads[1::2], strict=True):
+        for g in (g_seq, g_pool):
+            if g is None:
+                continue
+            absent = ~present[m]
+            torch.testing.assert_close(g[absent], torch.zeros_like(g[absent]), rtol=0, atol=0)
+            used_by_present_rows += g[~absent].abs().sum().item()
+    assert used_by_present_rows > 0  # the gradient is not trivially zero everywhere
+
+
+@pytest.mark.parametrize("name", FUSIONS.names())
+def test_modality_missing_from_dict_equals_absent_in_every_row(name: str) -> None:
+    modalities = ("audio", "image", "text")
+    fusion = build(name, modalities)
+    features = make_features(modalities)
+    present = presence(5, modalities)
+    without_text = {m: f for m, f in features.items() if m != "text"}
+    all_absent = dict(present, text=torch.zeros(5, dtype=torch.bool))
+    a = fusion(without_text, present)
+    b = fusion(features, all_absent)
+    torch.testing.assert_close(a.fused, b.fused, **TOL)
+    if a.weights is not None:
+        torch.testing.assert_close(a.weights, b.weights, **TOL)
+        torch.testing.assert_close(a.weights[:, 2], torch.zeros(5), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", FUSIONS.names())
+def test_only_one_modality_in_batch(name: str) -> None:
+    fusion = build(name, ("audio", "image", "text"))
+    features = make_features(("image",))
+    out = fusion(features, {"image": torch.ones(5, dtype=torch.bool)})
+    assert out.fused.shape == (5, fusion.out_dim)
+    assert torch.isfinite(out.fused).all()
+
+
+def test_late_weights_renormalize_over_present_modalities() -> None:
+    fusion = build("late", ("audio", "image", "text"))
+    with torch.no_grad():
+        fusion.weight_logits.copy_(
+            torch.log(torch.tensor([1.0, 2.0, 3.0]))
+        )  # softmax: 1/6, 2/6, 3/6
+    present = {
+        "audio": torch.tensor([True, True, False, False]),
+        "image": torch.tensor([True, False, True, False]),
+        "text": torch.tensor([True, True, False, False]),
+    }
+    features = make_features(("audio", "image", "text"), batch=4)
+    out = fusion(features, present)
+    expected = torch.tensor(
+        [[1 / 6, 2 / 6, 3 / 6], [1 / 4, 0.0, 3 / 4], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    )
+    torch.testing.assert_close(out.weights, expected, rtol=1e-6, atol=1e-7)
+    u = out.unimodal_logits
+    manual = torch.stack(
+        [
+            (u["audio"][0] + 2 * u["image"][0] + 3 * u["text"][0]) / 6,
+            (u["audio"][1] + 3 * u["text"][1]) / 4,
+            u["image"][2],
+            torch.zeros(NUM_CLASSES),
+        ]
+    )
+    torch.testing.assert_close(out.fused, manual, rtol=1e-5, atol=1e-6)
+
+
+def test_gated_weights_are_a_distribution_over_present_modalities() -> None:
+    fusion = build("gated", ("audio", "image", "text"))
+    present = presence(6, ("audio", "image", "text"))
+    out = fusion(make_features(("audio", "image", "text"), batch=6), present)
+    mask = torch.stack([present[m] for m in ("audio", "image", "text")], 1)
+    torch.testing.assert_close(out.weights[~mask], torch.zeros(int((~mask).sum())), rtol=0, atol=0)
+    sums = out.weights.sum(1)
+    torch.testing.assert_close(
+        sums[mask.any(1)], torch.ones(int(mask.any(1).sum())), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_tensor_fusion_absent_vector_is_one_then_zeros() -> None:
+    """With image absent, the outer product equals the product over the present modalities
+    placed in the image-slot-0 block: every term involving image vanishes."""
+    fusion = TensorFusion(dims={"audio": 12, "image": 16}, hidden_dim=8, tensor_dim=3).eval()
+    features = make_features(("audio", "image"), batch=2)
+    present = {"audio": torch.tensor([True, True]), "image": torch.tensor([False, False])}
+    captured = {}
+    fusion.post.register_forward_hook(lambda mod, args, out: captured.setdefault("x", args[0]))
+    fusion(features, present)
+    product = captured["x"].reshape(2, 4, 4)  # (1 + audio 3) x (1 + image 3)
+    z_audio = torch.cat([torch.ones(2, 1), fusion.proj["audio"](features["audio"].pooled)], 1)
+    torch.testing.assert_close(product[:, :, 0], z_audio, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(product[:, :, 1:], torch.zeros(2, 4, 3), rtol=0, atol=0)
+
+
+def test_late_fusion_produces_logits_and_weight_count() -> None:
+    fusion = LateFusion(dims={"audio": 4, "image": 4}, num_classes=5, hidden_dim=4)
+    assert fusion.produces_logits
+    assert fusion.out_dim == 5
+    torch.testing.assert_close(torch.softmax(fusion.weight_logits, 0), torch.full((2,), 0.5))
+    assert math.isclose(
+        sum(p.numel() for p in fusion.parameters()), 2 * (4 * 4 + 4 + 4 * 5 + 5) + 2
+    )

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from mmfurnace.data.info import DatasetInfo
+from mmfurnace.errors import ConfigError
+from mmfurnace.models import FUSIONS, ModelConfig, build_model
+from mmfurnace.models.config import EncoderConfig
+from mmfurnace.typed_config import StrictModel, apply_overrides, parse
+
+
+class RunConfig(StrictModel):  # how the run config nests the model section
+    model: ModelConfig = ModelConfig()
+
+
+def test_defaults() -> None:
+    cfg = ModelConfig()
+    assert cfg.fusion == "cross_attention"
+    assert {m: e.name for m, e in cfg.encoders.items()} == {
+        "audio": "cnn1d",
+        "image": "lenet",
+        "text": "transformer",
+    }
+    assert (cfg.hidden_dim, cfg.proj_dim, cfg.rank) == (64, 32, 4)
+
+
+def test_unknown_fusion_lists_known_names_and_names_the_field() -> None:
+    with pytest.raises(ValidationError) as err:
+        ModelConfig(fusion="lat")
+    assert "fusion" in str(err.value)
+    for name in FUSIONS.names():
+        assert name in str(err.value)
+    with pytest.raises(
+        ConfigError, match=r"model\.fusion: .*unknown fusion 'lat'; known: cross_attention, early"
+    ):
+        parse(RunConfig, {"model": {"fusion": "lat"}})
+
+
+def test_unknown_encoder_name_is_rejected() -> None:
+    with pytest.raises(
+        ConfigError, match=r"model\.encoders\.image\.name: .*known: cnn1d, cnn2d, hf, lenet"
+    ):
+        parse(RunConfig, {"model": {"encoders": {"image": {"name": "vit"}}}})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"encoders": {"image": {"name": "lenet", "dim": 0}}},
+        {"encoders": {"audio": {"dim": -3}}},
+        {"hidden_dim": 0},
+        {"proj_dim": -1},
+        {"encoders": {"text": {"dropout": 1.0}}},
+        {"encoders": {"video": {"name": "mlp"}}},
+        {"hiden_dim": 32},
+    ],
+)
+def test_bad_values_are_rejected(raw: dict) -> None:
+    with pytest.raises(ConfigError):
+        parse(RunConfig, {"model": raw})
+
+
+def test_overriding_one_encoder_key_keeps_the_other_defaults() -> None:
+    raw = apply_overrides({}, ["model.encoders.image.dim=128", "model.fusion=late"])
+    cfg = parse(RunConfig, raw).model
+    assert cfg.encoders["image"] == EncoderConfig(name="lenet", dim=128)
+    assert cfg.encoders["audio"].name == "cnn1d"
+    assert cfg.encoders["text"].name == "transformer"
+    assert cfg.fusion == "late"
+
+
+def test_builder_errors_name_the_config_field() -> None:
+    info = DatasetInfo(
+        modalities=("image", "text"),
+        num_classes=23,
+        multilabel=True,
+        class_names=tuple("x" * 23),
+        input_shapes={"image": (4096,), "text": (None, 300)},
+        input_dtypes={"image": "float32", "text": "float32"},
+    )
+    with pytest.raises(ConfigError, match=r"model\.encoders\.image: .*use encoder 'mlp'"):
+        build_model(ModelConfig(), info)
+    with pytest.raises(ConfigError, match=r"model\.fusion: .*divisible by heads"):
+        build_model(
+            ModelConfig(
+                encoders={"image": {"name": "mlp"}, "text": {"name": "mlp"}}, hidden_dim=30
+            ),
+            info,
+        )
+    mmimdb = ModelConfig(
+        encoders={"image": {"name": "mlp"}, "text": {"name": "mlp"}}, fusion="late"
+    )
+    model = build_model(mmimdb, info)
+    assert model.multilabel
+    assert model.modalities == ["image", "text"]

@@ -1,0 +1,66 @@
+"""Run config: YAML + dotted overrides, strict validation with errors naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from mmfurnace.config import RunConfig, load_run_config
+from mmfurnace.errors import ConfigError
+from mmfurnace.typed_config import apply_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_yaml_loads_and_overrides_apply():
+    cfg = load_run_config(REPO / "configs/default.yaml", ["model.fusion=late", "train.epochs=3"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.model.fusion == "late"
+    assert cfg.train.epochs == 3
+    assert cfg.data.modalities == ["audio", "image", "text"]
+
+
+def test_override_values_are_parsed_as_yaml_not_evaluated():
+    raw = apply_overrides({}, ["train.modality_dropout={image: 0.2}", "train.lr=1e-3", "x.y=__import__('os')"])
+    assert raw["train"]["modality_dropout"] == {"image": 0.2}
+    assert raw["train"]["lr"] == pytest.approx(1e-3)
+    assert raw["x"]["y"] == "__import__('os')"  # a plain string, never run
+
+
+def test_typo_in_key_names_the_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, ["train.epoch=3"])
+    message = str(err.value)
+    assert "train.epoch: unknown key" in message
+    assert "epochs" in message  # the allowed keys are listed
+
+
+def test_wrong_type_and_range_are_rejected():
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_run_config(None, ["train.epochs=three"])
+    with pytest.raises(ConfigError, match="train.alpha"):
+        load_run_config(None, ["train.alpha=-0.5"])
+    with pytest.raises(ConfigError, match="data.modalities"):
+        load_run_config(None, ["data.modalities=[image, smell]"])
+
+
+def test_unknown_fusion_lists_known_ones():
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, ["model.fusion=telepathy"])
+    assert "model.fusion" in str(err.value)
+    assert "late" in str(err.value)
+    assert "cross_attention" in str(err.value)
+
+
+def test_bad_yaml_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_run_config(bad)
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config(missing)
+
+
+def test_override_without_equals_is_rejected():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides({}, ["train.epochs"])
