@@ -77,5 +77,78 @@ def data_verify(root: Annotated[Path, typer.Argument(help="Packed dataset folder
     typer.echo(f"ok: {summary}")
 
 
+@app.command("train")
+def train_cmd(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML run config")] = None,  # noqa: UP045
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option(help="Continue exactly from <train.out_dir>/last")] = False,
+) -> None:
+    """Train a model (also under torchrun: `torchrun -m mmfurnace.train.recipe CONFIG ...`)."""
+    from mmfurnace.config import load_run_config
+    from mmfurnace.train.recipe import train
+
+    try:
+        result = train(load_run_config(config, overrides or []), resume=resume)
+    except MMFurnaceError as err:
+        _fail(err)
+    typer.echo(f"done: {result.out_dir}  test: {_short(result.test_metrics)}")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (a run's best/ or last/)")],
+    split: Annotated[str, typer.Option(help="Split to evaluate")] = "test",
+    noise: Annotated[Optional[str], typer.Option(help="Robustness: 'image:gaussian,audio:white', 'text' or 'all'")] = None,  # noqa: UP045
+    levels: Annotated[str, typer.Option(help="Noise levels in [0, 1], comma-separated")] = "0,0.2,0.4,0.6,0.8,1.0",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the robustness report")] = None,  # noqa: UP045
+    overrides: Overrides = None,
+) -> None:
+    """Evaluate a checkpoint; with --noise, per-modality robustness curves and their AUC."""
+    import json
+
+    from mmfurnace.train.checkpoint_eval import evaluate_checkpoint
+
+    try:
+        level_values = [float(v) for v in levels.split(",") if v.strip()]
+    except ValueError:
+        _fail(MMFurnaceError(f"--levels {levels!r}: expected comma-separated numbers in [0, 1]"))
+    try:
+        result = evaluate_checkpoint(
+            checkpoint, split=split, noise=noise, levels=level_values, out_dir=out,
+            overrides=overrides or [],
+        )
+    except MMFurnaceError as err:
+        _fail(err)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command("ablate")
+def ablate_cmd(
+    config: Annotated[Path, typer.Argument(help="Base YAML run config")],
+    grid: Annotated[list[str], typer.Option("--grid", help="key=V1,V2 (repeat per key); list values separated by |")],
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds")] = "0,1,2",
+    out: Annotated[Path, typer.Option(help="Folder for runs, table and plots")] = Path("runs/ablation"),
+    resume: Annotated[bool, typer.Option(help="Reuse finished runs, continue interrupted ones")] = False,
+) -> None:
+    """Train a grid of variants (fusion x alpha/beta x modality subset), write table and plots."""
+    from mmfurnace.train.ablation import expand_grid, parse_grid, run_ablation
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        result = run_ablation(config, expand_grid(parse_grid(grid)), seeds=seed_list, out_dir=out, resume=resume)
+    except ValueError as err:
+        _fail(err)
+    except MMFurnaceError as err:
+        _fail(err)
+    typer.echo(f"table: {result.out_dir / 'results.md'}")
+
+
+def _short(metrics: dict | None) -> str:
+    if not metrics:
+        return "-"
+    keys = ("accuracy", "macro_f1", "micro_f1")
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -1,0 +1,336 @@
+"""Checkpoints that resume exactly and are never half-written.
+
+A checkpoint is a directory:
+    model.safetensors  weights (safetensors; shared tensors de-duplicated)
+    state.pt           optimiser, scheduler, grad scaler, RNG states, epoch, step, best metric,
+                       early-stopping counter; loaded with ``torch.load(weights_only=True)``
+    meta.json          format version, mmfurnace version, run config, DatasetInfo, metrics
+    complete           marker written last; a directory without it is not a checkpoint
+
+Saving builds the new checkpoint in a hidden sibling ``.<name>.staging`` (each file written to a
+temp file, fsynced, then ``os.replace``d into place), then swaps directories: the old one is
+renamed to ``.<name>.old``, the staging one to ``<name>``, and the old one is deleted. A crash at
+any point leaves either the previous checkpoint in ``<name>`` or, in the instant between the two
+renames, in ``.<name>.old`` -- which :func:`load_checkpoint` falls back to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+import mmfurnace
+from mmfurnace.data.info import DatasetInfo
+from mmfurnace.errors import InputError
+
+FORMAT_VERSION = 1
+WEIGHTS, STATE, META, COMPLETE = "model.safetensors", "state.pt", "meta.json", "complete"
+FILES = (WEIGHTS, STATE, META, COMPLETE)
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint read back. ``state`` holds what :func:`save_checkpoint` put in state.pt."""
+
+    path: Path
+    weights: dict[str, Tensor]
+    state: dict[str, Any]
+    meta: dict[str, Any]
+    info: DatasetInfo
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta["config"]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.meta["metrics"]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What :func:`load_model` returns next to the model: the typed run config and the rest."""
+
+    config: Any  # mmfurnace.config.RunConfig (imported lazily: config imports train.config)
+    info: DatasetInfo
+    metrics: dict[str, Any]
+    epoch: int
+    step: int
+    path: Path
+    mmfurnace_version: str
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    scaler: torch.amp.GradScaler | None,
+    epoch: int,
+    step: int,
+    rng_states: dict[str, Any] | None,
+    config: dict[str, Any],
+    info: DatasetInfo,
+    metrics: dict[str, Any],
+    best_metric: float | None = None,
+    bad_epochs: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete checkpoint to ``directory``, replacing the one there only once done.
+
+    ``epoch`` is the number of epochs completed, ``step`` the number of optimiser steps.
+    ``rng_states`` comes from :func:`capture_rng_states`. ``extra`` holds more trainer state
+    (plain Python values and tensors only, so it loads with ``weights_only=True``).
+    Returns the directory.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)  # a save that crashed earlier
+    staging.mkdir()
+
+    state = {
+        "format_version": FORMAT_VERSION,
+        "epoch": int(epoch),
+        "step": int(step),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_states,
+        "best_metric": best_metric,
+        "bad_epochs": int(bad_epochs),
+        "extra": extra or {},
+    }
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "mmfurnace_version": mmfurnace.__version__,
+        "epoch": int(epoch),
+        "step": int(step),
+        "config": config,
+        "info": info.to_dict(),
+        "metrics": metrics,
+    }
+    weights_meta = {"format": "pt", "mmfurnace_version": mmfurnace.__version__}
+    _write_atomic(staging / WEIGHTS, lambda tmp: safetensors.torch.save_model(model, str(tmp), weights_meta))
+    _write_atomic(staging / STATE, lambda tmp: torch.save(state, tmp))
+    _write_atomic(staging / META, lambda tmp: tmp.write_text(_to_json(meta), encoding="utf-8"))
+    _write_atomic(staging / COMPLETE, lambda tmp: tmp.write_text(f"{epoch} {step}\n", encoding="utf-8"))
+    _fsync_dir(staging)
+    _swap_in(staging, directory)
+    return directory
+
+
+def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Weights are read with safetensors, state.pt with ``torch.load(weights_only=True)``: nothing
+    in a checkpoint can run code. Raises InputError naming the path when the directory is not a
+    complete mmfurnace checkpoint of this format version.
+    """
+    path = _resolve(Path(directory))
+    meta = _read_meta(path)
+    try:
+        weights = safetensors.torch.load_file(str(path / WEIGHTS), device=str(device))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise InputError(f"{path / WEIGHTS}: cannot read weights: {err}") from None
+    try:
+        state = torch.load(path / STATE, map_location=device, weights_only=True)
+    except Exception as err:  # unpickling errors, truncated files
+        raise InputError(f"{path / STATE}: cannot read training state: {err}") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path / STATE}: not an mmfurnace v{FORMAT_VERSION} training state")
+    try:
+        info = DatasetInfo.from_dict(meta["info"])
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{path / META}: bad dataset info: {err}") from None
+    return LoadedCheckpoint(path=path, weights=weights, state=state, meta=meta, info=info)
+
+
+def load_weights(model: nn.Module, directory: str | Path) -> None:
+    """Load a checkpoint's weights into ``model`` in place (strict: names and shapes must match)."""
+    path = _resolve(Path(directory))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        safetensors.torch.load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
+    except RuntimeError as err:
+        raise InputError(f"{path / WEIGHTS}: weights do not fit this model: {err}") from None
+
+
+def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model a checkpoint was trained as (from its config + DatasetInfo), load it.
+
+    Returns ``(model in eval mode on device, CheckpointMeta)``. Used by eval, compress, export
+    and serve.
+    """
+    from mmfurnace.config import RunConfig  # mmfurnace.config imports mmfurnace.train.config
+    from mmfurnace.errors import ConfigError
+    from mmfurnace.models import build_model
+    from mmfurnace.typed_config import parse
+
+    path = _resolve(Path(directory))
+    raw = _read_meta(path)
+    info = DatasetInfo.from_dict(raw["info"])
+    try:
+        cfg = parse(RunConfig, raw["config"], source=str(path / META))
+    except ConfigError as err:
+        raise InputError(f"{path / META}: config does not describe a run: {err}") from None
+    model = build_model(cfg.model, info, modalities=list(cfg.data.modalities))
+    model.to(device)
+    load_weights(model, path)
+    model.eval()
+    meta = CheckpointMeta(
+        config=cfg,
+        info=info,
+        metrics=raw.get("metrics", {}),
+        epoch=int(raw["epoch"]),
+        step=int(raw["step"]),
+        path=path,
+        mmfurnace_version=str(raw["mmfurnace_version"]),
+    )
+    return model, meta
+
+
+def write_json_atomic(path: str | Path, value: dict[str, Any]) -> None:
+    """Write ``value`` as JSON to ``path`` via a temp file + fsync + rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda tmp: tmp.write_text(_to_json(value), encoding="utf-8"))
+
+
+def is_checkpoint(directory: str | Path) -> bool:
+    """True when ``directory`` (or its crash-recovery twin) holds a complete checkpoint."""
+    try:
+        _resolve(Path(directory))
+    except InputError:
+        return False
+    return True
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states, as tensors/ints so weights_only can load them."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_states`."""
+    py = states["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npy = states["numpy"]
+    keys = npy["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def _resolve(directory: Path) -> Path:
+    """The directory holding the complete checkpoint, or InputError saying what is missing."""
+    if (directory / COMPLETE).is_file():
+        return directory
+    recovered = directory.parent / f".{directory.name}.old"
+    if (recovered / COMPLETE).is_file():  # crashed between the two renames of a save
+        return recovered
+    if not directory.exists():
+        raise InputError(f"checkpoint not found: {directory} does not exist")
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a checkpoint directory (it is a file)")
+    missing = [name for name in FILES if not (directory / name).is_file()]
+    raise InputError(
+        f"{directory} is not a complete mmfurnace checkpoint: missing {', '.join(missing)}"
+    )
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path / META}: cannot read checkpoint metadata: {err}") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path / META}: not an mmfurnace checkpoint (not a JSON object)")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(
+            f"{path / META}: checkpoint format version {version!r}, this mmfurnace "
+            f"({mmfurnace.__version__}) reads version {FORMAT_VERSION}"
+        )
+    missing = [k for k in ("config", "info", "epoch", "step", "mmfurnace_version") if k not in meta]
+    if missing:
+        raise InputError(f"{path / META}: missing {', '.join(missing)}")
+    return meta
+
+
+def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write via a temp file in the same directory, fsync it, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    old = directory.parent / f".{directory.name}.old"
+    if directory.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(directory, old)
+    os.replace(staging, directory)
+    _fsync_dir(directory.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms that cannot open directories (Windows)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _to_json(value: dict[str, Any]) -> str:
+    # DatasetInfo.extra may hold paths or numpy scalars: write them as text, not fail the save.
+    return json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"

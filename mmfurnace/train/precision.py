@@ -1,0 +1,35 @@
+"""Mixed precision: which autocast dtype, and a GradScaler only where fp16 needs one (CUDA)."""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
+
+import torch
+
+from mmfurnace.errors import ConfigError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Reject combinations that cannot train: fp16 autocast + GradScaler needs a CUDA device."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"train.precision=fp16 needs a CUDA device (training on {device}); "
+            "use precision=bf16 for mixed precision on the CPU, or fp32"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16")
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The autocast region for forward + loss; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16 (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

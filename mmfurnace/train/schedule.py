@@ -1,0 +1,53 @@
+"""Optimiser and learning-rate schedule: AdamW, linear warmup, cosine decay, stepped per batch."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+from torch.optim import AdamW, Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> AdamW:
+    """AdamW; biases and normalisation weights (tensors with < 2 dims) get no weight decay."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def warmup_cosine_factor(
+    step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+) -> float:
+    """LR multiplier for optimiser step ``step`` (0-based).
+
+    Warmup: ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps, so the first
+    step already learns and the last warmup step runs at the full rate. Then cosine from 1 to
+    ``min_ratio`` over the remaining steps; flat at ``min_ratio`` past ``total_steps``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(
+    optimizer: Optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+) -> LambdaLR:
+    """A LambdaLR applying :func:`warmup_cosine_factor`; call ``.step()`` after every batch."""
+    assert warmup_steps >= 0, warmup_steps
+    assert total_steps > 0, total_steps
+
+    def factor(step: int) -> float:
+        return warmup_cosine_factor(
+            step, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio
+        )
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,58 @@
+"""AdamW + linear warmup + cosine decay, stepped per batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mmfurnace.train.schedule import build_optimizer, warmup_cosine, warmup_cosine_factor
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 0.25),  # warmup: (step + 1) / 4
+        (1, 0.5),
+        (3, 1.0),
+        (4, 1.0),  # cosine starts at 1
+        (8, 0.5),  # half-way through 8 decay steps
+        (6, 0.5 * (1 + math.cos(math.pi * 0.25))),
+        (12, 0.0),
+        (20, 0.0),  # past the end: flat
+    ],
+)
+def test_warmup_cosine_factor_values(step, expected):
+    assert warmup_cosine_factor(step, warmup_steps=4, total_steps=12) == pytest.approx(expected)
+
+
+def test_min_ratio_and_no_warmup():
+    assert warmup_cosine_factor(0, warmup_steps=0, total_steps=10) == pytest.approx(1.0)
+    assert warmup_cosine_factor(10, warmup_steps=0, total_steps=10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_scheduler_drives_the_optimizer_per_step():
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, lr=0.1, weight_decay=0.01)
+    sched = warmup_cosine(opt, warmup_steps=2, total_steps=6)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    expected = [0.1 * warmup_cosine_factor(s, warmup_steps=2, total_steps=6) for s in range(6)]
+    assert seen == pytest.approx(expected)
+    assert seen[0] == pytest.approx(0.05)
+    assert seen[1] == pytest.approx(0.1)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.5)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model[0].weight)}
+    assert sum(len(g["params"]) for g in opt.param_groups) == 4
