@@ -34,7 +34,11 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: install
-	$(BIN)/python benchmarks/loader_throughput.py
+	$(BIN)/python benchmarks/loader_throughput.py --tiny
+
+# Quick benchmark suite compared against the committed baseline; non-zero exit on regression.
+bench-check: install
+	$(BIN)/python benchmarks/quick.py --compare benchmarks/baselines/quick-cpu.json
 
 lint: install
 	$(BIN)/ruff check mmfurnace tests benchmarks

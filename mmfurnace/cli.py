@@ -143,6 +143,53 @@ def ablate_cmd(
     typer.echo(f"table: {result.out_dir / 'results.md'}")
 
 
+@app.command("demo")
+def demo_cmd(
+    report: Annotated[Path, typer.Option(help="Report folder")] = Path("report"),
+    data_root: Annotated[Path, typer.Option(help="Where the built-in dataset lives")] = Path("data/digits-av"),
+    epochs: Annotated[int, typer.Option(help="Epochs per training run")] = 10,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds for the fusion table")] = "0,1,2",
+    skip: Annotated[Optional[list[str]], typer.Option(help="Steps to skip (repeatable)")] = None,  # noqa: UP045
+) -> None:
+    """Run the whole job on the built-in data: data, train, compress, export, serve, benchmark."""
+    from mmfurnace.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(report=report, data_root=data_root, epochs=epochs,
+                            seeds=tuple(int(x) for x in seeds.split(",") if x.strip()),
+                            skip=tuple(skip or ()))
+    try:
+        run_demo(settings)
+    except MMFurnaceError as err:
+        _fail(err)
+
+
+@app.command("profile")
+def profile_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder or export folder")],
+    out: Annotated[Path, typer.Option(help="Folder for profile.json/md, trace.json, stages.png")] = Path("runs/profile"),
+    steps: Annotated[int, typer.Option(help="Batches to time")] = 20,
+    mode: Annotated[str, typer.Option(help="train, inference or both")] = "both",
+    split: Annotated[str, typer.Option(help="Data split to read batches from")] = "valid",
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
+    synthetic: Annotated[bool, typer.Option(help="Random inputs of the right shapes (no dataset)")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Time each stage (data, host->device, each encoder, fusion, head, loss, backward, optimizer),
+    report top operators and FLOP utilization, write a trace, and name the bottleneck."""
+    from mmfurnace.bench.profile import profile_checkpoint
+
+    try:
+        result = profile_checkpoint(checkpoint, data_cfg_overrides=overrides or [], steps=steps,
+                                    out_dir=out, device=device, mode=mode, split=split,
+                                    synthetic=synthetic)
+    except MMFurnaceError as err:
+        _fail(err)
+    for part in ("train", "inference"):
+        if isinstance(result.get(part), dict) and result[part].get("diagnosis"):
+            typer.echo(f"{part}: {result[part]['diagnosis']}")
+    typer.echo(f"written: {out}")
+
+
 def _short(metrics: dict | None) -> str:
     if not metrics:
         return "-"

@@ -13,6 +13,7 @@ calls, so every later reader (and the server) must load this file, never retrain
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,13 +21,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from torch.utils.data import ConcatDataset, DataLoader
 
-from mmfurnace.data.cache import pack_datasets, read_header, verify_packed
+from mmfurnace.data.cache import read_header, verify_packed, write_packed
 from mmfurnace.data.config import DataConfig
 from mmfurnace.data.datasets import TOKENIZER_FILE, build_preprocessors, packed_root
 from mmfurnace.data.manifest import ManifestDataset, read_manifest
 from mmfurnace.errors import ConfigError
 from mmfurnace.registry import Registry
+from mmfurnace.threads import torch_threads
 
 PREPROCESSING_FILE = "preprocessing.json"
 BUILTINS: Registry[Callable[..., Path]] = Registry("built-in dataset")
@@ -45,7 +48,7 @@ def _progress() -> Progress:
 
 
 @BUILTINS.register("digits-av")
-def _digits_av_raw(out: Path, *, seed: int, force: bool) -> Path:
+def _digits_av_raw(out: Path, *, seed: int, force: bool, limit_per_class: int | None) -> Path:
     from mmfurnace.data.builtin.digits_av import build_digits_av_raw
 
     with _progress() as bar:
@@ -56,21 +59,30 @@ def _digits_av_raw(out: Path, *, seed: int, force: bool) -> Path:
                 tasks[stage] = bar.add_task(f"digits-av: {stage}", total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        return build_digits_av_raw(out, seed=seed, progress=report, overwrite=force)
+        return build_digits_av_raw(
+            out, seed=seed, progress=report, overwrite=force, limit_per_class=limit_per_class
+        )
 
 
 def build_builtin(
-    name: str, out: Path, *, data_cfg: DataConfig, seed: int = 0, force: bool = False
+    name: str,
+    out: Path,
+    *,
+    data_cfg: DataConfig,
+    seed: int = 0,
+    force: bool = False,
+    limit_per_class: int | None = None,
 ) -> Path:
     """Build built-in dataset ``name`` under ``out`` (raw files, then the packed cache).
 
-    Existing parts are reused unless ``force``; returns ``out``.
+    Existing parts are reused unless ``force``; ``limit_per_class`` builds a small version
+    (tests, quick demo). Returns ``out``.
     """
     builder = BUILTINS[name]
     out = Path(out)
     manifest = out / "raw" / "manifest.jsonl"
     if force or not manifest.is_file():
-        manifest = builder(out, seed=seed, force=force)
+        manifest = builder(out, seed=seed, force=force, limit_per_class=limit_per_class)
     packed = out / "packed"
     if force or not (packed / "info.json").is_file():
         pack_manifest(manifest, packed, data_cfg=data_cfg)
@@ -110,16 +122,30 @@ def pack_manifest(manifest: Path, packed: Path, *, data_cfg: DataConfig) -> Path
         cfg.text = cfg.text.model_copy(update={"tokenizer": tokenizer_path})
     preprocessors = build_preprocessors(cfg, modalities, manifest=manifest)
     splits = sorted({r.split for r in records}, key=("train", "valid", "test").index)
-    datasets = {s: ManifestDataset(manifest, preprocessors=preprocessors, split=s) for s in splits}
-    total = sum(len(d) for d in datasets.values())
-    with _progress() as bar:
-        task = bar.add_task("packing samples", total=total)
-        pack_datasets(packed, datasets, progress=lambda n: bar.update(task, completed=n))
+    classes_file = manifest.parent / "classes.json"
+    class_names = json.loads(classes_file.read_text()) if classes_file.is_file() else None
+    datasets = [
+        ManifestDataset(manifest, preprocessors=preprocessors, split=s, class_names=class_names)
+        for s in splits
+    ]
+    split_names = [s for s, d in zip(splits, datasets, strict=False) for _ in range(len(d))]
+    # Decoding is per sample: worker processes (one torch thread each) use every core.
+    workers = min(4, os.cpu_count() or 1) if len(split_names) > 200 else 0
+    stream = DataLoader(ConcatDataset(datasets), batch_size=None, num_workers=workers,
+                        collate_fn=_identity)
+    with _progress() as bar, torch_threads(1):
+        task = bar.add_task("packing samples", total=len(split_names))
+        write_packed(packed, stream, info=datasets[0].info, splits=split_names,
+                     progress=lambda n: bar.update(task, completed=n))
     settings = {m: p.to_dict() for m, p in preprocessors.items()}
     (packed / PREPROCESSING_FILE).write_text(json.dumps(settings, indent=2, default=str))
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, packed / TOKENIZER_FILE)
     return packed
+
+
+def _identity(sample: object) -> object:
+    return sample
 
 
 def print_summary(root: Path, console: Console | None = None) -> dict:
