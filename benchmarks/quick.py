@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mmfurnace.bench.engine_suite import default_info, default_lengths
 from mmfurnace.bench.machine import machine_info
 from mmfurnace.bench.profile import SyntheticDataset
 from mmfurnace.bench.regression import (
@@ -46,28 +47,9 @@ from mmfurnace.bench.regression import (
 )
 from mmfurnace.bench.timing import median, summarize, time_interleaved
 from mmfurnace.data.config import DataConfig
-from mmfurnace.data.info import DatasetInfo
 
 SUITE = "quick"
 SCHEMA = 1
-
-
-def default_info(data: DataConfig) -> DatasetInfo:
-    """The DatasetInfo of the default digits-av data settings (10 classes)."""
-    return DatasetInfo(
-        modalities=tuple(sorted(data.modalities)),
-        num_classes=10,
-        multilabel=False,
-        class_names=tuple(str(i) for i in range(10)),
-        input_shapes={"image": (data.image.channels, *data.image.size), "audio": (None, data.audio.n_mfcc), "text": (None,)},
-        input_dtypes={"image": "float32", "audio": "float32", "text": "int64"},
-        vocab_size=data.text.vocab_size,
-    )
-
-
-def default_lengths(data: DataConfig) -> dict[str, int]:
-    frames = int((data.audio.max_seconds or 2.0) * data.audio.sample_rate) // data.audio.hop_length + 1
-    return {"audio": frames, "text": data.text.max_length}
 
 
 def build_workloads(workdir: Path, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int], dict[str, Any], list[dict[str, str]]]:

@@ -190,6 +190,77 @@ def profile_cmd(
     typer.echo(f"written: {out}")
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (a run's best/ or last/)")],
+    out: Annotated[Path, typer.Option(help="Export folder")] = Path("exports/model"),
+    format: Annotated[str, typer.Option(help="onnx, torchscript or both (comma-separated)")] = "onnx,torchscript",
+    check: Annotated[bool, typer.Option(help="Run every available backend on a real validation batch; fail on mismatch")] = False,
+    precisions: Annotated[str, typer.Option(help="Precisions for --check: fp32,bf16,fp16,int8")] = "fp32",
+) -> None:
+    """Export the full model, each modality encoder and the fusion+head, with an export.json sidecar."""
+    from mmfurnace.data.datasets import first_batch
+    from mmfurnace.export import (
+        check_parity,
+        export_checkpoint,
+        format_parity,
+        load_spec,
+        parity_exit_code,
+    )
+    from mmfurnace.train.checkpoint import load_model
+
+    try:
+        formats = tuple(f.strip() for f in format.split(",") if f.strip())
+        export_dir = export_checkpoint(checkpoint, out, formats=formats)
+        typer.echo(f"exported: {export_dir}")
+        if not check:
+            return
+        _, meta = load_model(checkpoint)
+        batch = first_batch(meta.config.data, "valid", 64, load_spec(export_dir).modalities)
+        results = check_parity(export_dir, batch, precisions=[p.strip() for p in precisions.split(",")])
+    except MMFurnaceError as err:
+        _fail(err)
+    typer.echo(format_parity(results))
+    raise typer.Exit(code=parity_exit_code(results))
+
+
+@app.command("bench")
+def bench_cmd(
+    source: Annotated[Optional[Path], typer.Argument(help="Export folder or checkpoint; omit for a fresh default model")] = None,  # noqa: UP045
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes")] = "1,8,32,128",
+    backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends (default: all available)")] = None,  # noqa: UP045
+    precisions: Annotated[str, typer.Option(help="Comma-separated: fp32,bf16,fp16,int8")] = "fp32",
+    iters: Annotated[int, typer.Option(help="Timed calls per backend and batch size")] = 20,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for every backend")] = None,  # noqa: UP045
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results JSON here")] = None,  # noqa: UP045
+    png: Annotated[Optional[Path], typer.Option(help="Write a bar chart here")] = None,  # noqa: UP045
+    save_baseline: Annotated[Optional[Path], typer.Option(help="Save these results as a baseline")] = None,  # noqa: UP045
+    compare: Annotated[Optional[Path], typer.Option(help="Compare against a baseline; exit 1 on regression")] = None,  # noqa: UP045
+    tolerance: Annotated[float, typer.Option(help="Allowed slowdown before a metric regresses")] = 0.15,
+) -> None:
+    """Latency p50/p95/p99 and throughput per batch size for every backend and precision, in one run."""
+    from mmfurnace.bench.engine_suite import run_engine_bench
+    from mmfurnace.bench.regression import compare as compare_results
+    from mmfurnace.bench.regression import load_result, print_compare
+    from mmfurnace.bench.regression import save_baseline as save
+
+    try:
+        result = run_engine_bench(
+            source, batch_sizes=[int(b) for b in batch_sizes.split(",") if b.strip()],
+            backends=backends.split(",") if backends else None,
+            precisions=[p.strip() for p in precisions.split(",") if p.strip()],
+            iters=iters, threads=threads, json_path=json_out, png_path=png,
+        )
+        if save_baseline:
+            typer.echo(f"baseline: {save(result, save_baseline)}")
+        if compare:
+            report = compare_results(result, load_result(compare), tolerance=tolerance)
+            print_compare(report)
+            raise typer.Exit(code=report.exit_code)
+    except MMFurnaceError as err:
+        _fail(err)
+
+
 def _short(metrics: dict | None) -> str:
     if not metrics:
         return "-"

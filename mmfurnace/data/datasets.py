@@ -14,6 +14,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from mmfurnace.data.avmnist import AVMNIST, AVMNIST_MODALITIES
+from mmfurnace.data.batch import Batch
 from mmfurnace.data.cache import PackedDataset, read_header
 from mmfurnace.data.config import DataConfig
 from mmfurnace.data.manifest import ManifestDataset, read_manifest
@@ -152,3 +153,15 @@ def _train_tokenizer(
             f"or put a {TOKENIZER_FILE} beside the manifest"
         )
     return build_wordpiece_tokenizer(texts, vocab_size=vocab_size, lowercase=lowercase)
+
+
+def first_batch(cfg: DataConfig, split: str, size: int, modalities: Sequence[str]) -> Batch:
+    """The first ``size`` samples of ``split`` as one Batch (a fixed, real batch for parity
+    checks and benchmarks)."""
+    from mmfurnace.data.batch import collate_samples
+
+    dataset = build_dataset(cfg, split)
+    n = min(size, len(dataset))  # type: ignore[arg-type]
+    if n == 0:
+        raise InputError(f"split {split!r} of {cfg.root} is empty")
+    return collate_samples([dataset[i] for i in range(n)], modalities)
