@@ -261,6 +261,33 @@ def bench_cmd(
         _fail(err)
 
 
+@app.command("serve")
+def serve_cmd(
+    export_dir: Annotated[Path, typer.Argument(help="Export folder (from `mmfurnace export`)")],
+    config: Annotated[Optional[Path], typer.Option(help="Serving config YAML")] = None,  # noqa: UP045
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8000,
+    ray: Annotated[bool, typer.Option("--ray", help="Deploy as a Ray Serve application")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --ray)")] = None,  # noqa: UP045
+    overrides: Overrides = None,
+) -> None:
+    """Serve a model over HTTP (KServe v2 + /v1/predict + /metrics) with dynamic batching."""
+    from mmfurnace.serve.config import load_serve_config
+
+    try:
+        cfg = load_serve_config(config, overrides or [])
+        if ray:
+            from mmfurnace.serve.ray_app import run_ray
+
+            run_ray(export_dir, cfg, address=address, host=host, port=port)
+        else:
+            from mmfurnace.serve.server import run_server
+
+            run_server(export_dir, cfg, host=host, port=port)
+    except MMFurnaceError as err:
+        _fail(err)
+
+
 def _short(metrics: dict | None) -> str:
     if not metrics:
         return "-"

@@ -1,0 +1,452 @@
+"""Serving under load: one request at a time vs dynamic batching vs ONNX Runtime vs per-modality
+parallel encoders — real HTTP, real samples, one run.
+
+    python benchmarks/serve_load.py [--clients 64] [--requests 3000] [--seconds 20]
+        [--export DIR] [--data data/digits-av/raw] [--variants a,b,c,d] [--json out.json]
+    python benchmarks/serve_load.py --preprocess-only     # threads vs processes, no HTTP
+
+Variants (all serve the same export; HTTP POST /v1/predict, multipart PNG + WAV + text):
+    a  eager PyTorch, one request at a time      mode whole, max_batch_size 1
+    b  dynamic batching, eager PyTorch            mode whole
+    c  dynamic batching, ONNX Runtime             mode whole
+    d  (c) with per-modality parallel encoders    mode split: encoders in parallel + fusion
+Each server runs in this process (uvicorn in a thread, 127.0.0.1, a free port); the load
+generator runs in a child process (httpx.AsyncClient, ``--clients`` concurrent clients), so
+client and server do not share a GIL. Every variant gets a warm-up, then at most
+``--requests`` requests or ``--seconds`` seconds, whichever ends first. Reported: throughput,
+client-side p50/p95/p99 latency, status counts, mean batch size, and the server's per-stage
+breakdown (mean ms per request, from each response's ``timings_ms``).
+
+The same variants then run twice more without HTTP (unless ``--no-engine-level``), to show
+where the time goes: "engine only" (``engine.infer`` on the same raw samples: preprocessing
+included) and "compute path only" (on the samples' preprocessed arrays).
+
+Samples are the built-in dataset's raw files (``data/digits-av/raw/manifest.jsonl``) when
+present, else a small synthetic set written to a temporary folder (28x28 PNG digits, 0.8 s
+16 kHz WAV tones in noise, number words). Without ``--export`` an untrained default model
+(serving cost does not depend on the weights) is exported to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+VARIANTS: dict[str, dict[str, Any]] = {
+    "a": {"label": "eager, one at a time", "cfg": {"mode": "whole", "max_batch_size": 1, "max_inflight_batches": 1}},
+    "b": {"label": "eager, dynamic batching", "cfg": {"mode": "whole"}},
+    "c": {"label": "onnxruntime, dynamic batching", "cfg": {"mode": "whole", "whole": {"backend": "onnxruntime"}}},
+    "d": {"label": "(c) + parallel encoders", "cfg": {
+        "mode": "split",
+        "stages": {m: {"backend": "onnxruntime"} for m in ("audio", "image", "text")},
+        "fusion": {"backend": "onnxruntime"},
+    }},
+}
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def load_samples(data: Path | None, limit: int = 200) -> tuple[list[dict[str, Any]], str]:
+    """Raw samples {"image": png bytes, "audio": wav bytes, "text": str} and where from."""
+    manifest = data / "manifest.jsonl" if data is not None else None
+    if manifest is not None and manifest.is_file():
+        rows = []
+        for line in manifest.read_text(encoding="utf-8").splitlines()[:limit]:
+            rec = json.loads(line)
+            row: dict[str, Any] = {}
+            for m in ("image", "audio"):
+                if rec.get(m):
+                    row[m] = (manifest.parent / rec[m]).read_bytes()
+            if rec.get("text"):
+                row["text"] = rec["text"]
+            rows.append(row)
+        return rows, str(manifest)
+    return synthesize(64), "synthetic (no data/digits-av/raw/manifest.jsonl)"
+
+
+def synthesize(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    import io
+
+    import soundfile as sf
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    rate = 16000
+    t = np.arange(int(0.8 * rate)) / rate
+    for i in range(n):
+        label = i % 10
+        image = Image.fromarray(rng.integers(0, 60, size=(28, 28)).astype(np.uint8), mode="L")
+        ImageDraw.Draw(image).text((9, 7), str(label), fill=255)
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 60 * label) * t) + 0.05 * rng.standard_normal(t.size)
+        wav = io.BytesIO()
+        sf.write(wav, wave.astype(np.float32), rate, format="WAV", subtype="PCM_16")
+        rows.append({"image": png.getvalue(), "audio": wav.getvalue(), "text": f"the number {WORDS[label]}"})
+    return rows
+
+
+def make_export(samples: list[dict[str, Any]], folder: Path) -> Path:
+    """Export an untrained default model for digits-av shaped inputs, with a tokenizer."""
+    import torch
+
+    from mmfurnace.data.config import DataConfig
+    from mmfurnace.data.info import DatasetInfo
+    from mmfurnace.data.text import build_wordpiece_tokenizer
+    from mmfurnace.export import export_model
+    from mmfurnace.models import ModelConfig, build_model
+
+    texts = [s["text"] for s in samples if s.get("text")] + [" ".join(WORDS)] * 4
+    tokenizer = build_wordpiece_tokenizer(texts, vocab_size=200)
+    data = DataConfig()
+    info = DatasetInfo(
+        modalities=("audio", "image", "text"), num_classes=10, multilabel=False, class_names=tuple(WORDS),
+        input_shapes={"image": (1, *data.image.size), "audio": (None, data.audio.n_mfcc), "text": (None,)},
+        input_dtypes={"image": "float32", "audio": "float32", "text": "int64"},
+        vocab_size=tokenizer.get_vocab_size(),
+    )
+    torch.manual_seed(0)
+    cfg = ModelConfig()
+    model = build_model(cfg, info).eval()
+    prep = data.model_dump(mode="json")
+    out = export_model(model, info, folder / "export", formats=("onnx",), config=cfg, verify=False,
+                       preprocessing={k: prep[k] for k in ("modalities", "image", "audio", "text")})
+    tokenizer.save(str(out / "tokenizer.json"))
+    return out
+
+
+# ----------------------------------------------------------------------------- load generator
+
+
+def _multipart(sample: dict[str, Any]) -> dict[str, Any]:
+    files: dict[str, Any] = {}
+    if "image" in sample:
+        files["image"] = ("x.png", sample["image"], "image/png")
+    if "audio" in sample:
+        files["audio"] = ("x.wav", sample["audio"], "audio/wav")
+    if "text" in sample:
+        files["text"] = (None, sample["text"].encode("utf-8"))
+    return files
+
+
+async def _load(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    stage_ms: dict[str, list[float]] = {}
+    sent = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            r = await client.post("/v1/predict", files=_multipart(samples[i % len(samples)]))
+            latencies.append(time.perf_counter() - t0)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.status_code == 200:
+                for k, v in r.json()["timings_ms"].items():
+                    stage_ms.setdefault(k, []).append(v)
+
+        # Warm-up: one full round of clients, not measured.
+        await asyncio.gather(*(one(i) for i in range(clients)))
+        latencies.clear(), statuses.clear(), stage_ms.clear()
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+
+        async def worker(k: int) -> None:
+            nonlocal sent
+            while sent < requests and time.perf_counter() < deadline:
+                i = sent
+                sent += 1
+                await one(i + k)
+
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+        wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000.0
+    return {
+        "requests": len(latencies),
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(len(latencies) / wall, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "stages_mean_ms": {k: round(statistics.fmean(v), 3) for k, v in sorted(stage_ms.items())},
+        "stages_p50_ms": {k: round(statistics.median(v), 3) for k, v in sorted(stage_ms.items())},
+    }
+
+
+def load_in_child(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float) -> dict[str, Any]:
+    return asyncio.run(_load(url, samples, clients, requests, seconds))
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def variant_config(name: str, args: argparse.Namespace) -> Any:
+    from mmfurnace.serve.config import ServeConfig
+
+    return ServeConfig(**{
+        "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "max_queue": 4096,
+        "max_concurrency": 4096, "preprocess_workers": args.preprocess_workers,
+        "preprocess_mode": args.preprocess_mode, "intra_op_threads": args.ort_threads,
+        **VARIANTS[name]["cfg"],
+    })
+
+
+def _finish(result: dict[str, Any], name: str, engine: Any) -> dict[str, Any]:
+    graph = "model" if engine.cfg.mode == "whole" else "fusion_head"
+    result.update(variant=name, label=VARIANTS[name]["label"], config=VARIANTS[name]["cfg"],
+                  mean_batch_size=round(engine.metrics.batch_summary(graph)["mean"], 2),
+                  engine=engine.describe()["stages"])
+    return result
+
+
+def run_variant_http(name: str, export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
+    """One variant over HTTP: server in a thread here, load generator in the child process."""
+    from mmfurnace.serve.engine import InferenceEngine
+    from mmfurnace.serve.server import BackgroundServer
+
+    engine = InferenceEngine.from_export(export, variant_config(name, args))
+    with BackgroundServer(engine) as server:
+        result = pool.submit(load_in_child, server.url, samples, args.clients, args.requests, args.seconds).result()
+    return _finish(result, name, engine)
+
+
+def run_variant_engine(name: str, export: Path, samples: list[dict[str, Any]], args: argparse.Namespace,
+                       preprocessed: bool = False) -> dict[str, Any]:
+    """One variant without HTTP: ``--clients`` coroutines call ``engine.infer`` on the raw
+    samples, or (``preprocessed``) on their model-ready arrays — the compute path alone."""
+    from mmfurnace.serve.engine import InferenceEngine
+
+    engine = InferenceEngine.from_export(export, variant_config(name, args))
+    if preprocessed:
+        samples = [engine.pool.preprocessor(s) for s in samples]
+
+    async def main() -> dict[str, Any]:
+        latencies: list[float] = []
+        stage_s: dict[str, list[float]] = {}
+        sent = 0
+        async with engine:
+            async def one(i: int, keep: bool) -> None:
+                t0 = time.perf_counter()
+                p = await engine.infer(samples[i % len(samples)])
+                if keep:
+                    latencies.append(time.perf_counter() - t0)
+                    for k, v in p.timings.items():
+                        stage_s.setdefault(k, []).append(v * 1000.0)
+
+            await asyncio.gather(*(one(i, False) for i in range(args.clients)))
+            deadline = time.perf_counter() + args.seconds
+            started = time.perf_counter()
+
+            async def worker(k: int) -> None:
+                nonlocal sent
+                while sent < args.requests and time.perf_counter() < deadline:
+                    sent += 1
+                    await one(sent + k, True)
+
+            await asyncio.gather(*(worker(k) for k in range(args.clients)))
+            wall = time.perf_counter() - started
+        ms = np.array(latencies) * 1000.0
+        return {
+            "requests": len(latencies), "wall_s": round(wall, 3),
+            "throughput_rps": round(len(latencies) / wall, 2),
+            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)},
+            "statuses": {"ok": len(latencies)},
+            "stages_mean_ms": {k: round(statistics.fmean(v), 3) for k, v in sorted(stage_s.items())},
+            "stages_p50_ms": {k: round(statistics.median(v), 3) for k, v in sorted(stage_s.items())},
+        }
+
+    return _finish(asyncio.run(main()), name, engine)
+
+
+def measure_preprocessing(samples: list[dict[str, Any]], export: Path, workers: int, rows: int = 300, rounds: int = 3) -> dict[str, Any]:
+    """Rows/s through the preprocess pool, threads vs processes, 64 rows in flight. Both
+    pools run side by side and take turns (``rounds`` each), so a change in machine load
+    hits both; the median round is reported."""
+    from mmfurnace.export.spec import load_spec
+    from mmfurnace.serve.loading import find_tokenizer
+    from mmfurnace.serve.preprocess import PreprocessPool, PreprocessSettings
+
+    spec = load_spec(export)
+    settings = PreprocessSettings.from_data_settings(spec.preprocessing, spec.modalities, find_tokenizer(spec.directory, spec.preprocessing))
+    pools, startup = {}, {}
+    for mode in ("thread", "process"):
+        t0 = time.perf_counter()
+        pools[mode] = PreprocessPool(settings, workers=workers, mode=mode)
+        pools[mode].start()
+        startup[mode] = round(time.perf_counter() - t0, 2)
+
+    async def drive(pool: PreprocessPool, n: int) -> float:
+        sem = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await pool.run(samples[i % len(samples)])
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return n / (time.perf_counter() - start)
+
+    speeds: dict[str, list[float]] = {"thread": [], "process": []}
+    try:
+        import torch
+
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the engine runs (ServeConfig.torch_threads)
+        for mode in pools:
+            asyncio.run(drive(pools[mode], 64))  # warm-up
+        for _ in range(rounds):
+            for mode in pools:
+                speeds[mode].append(asyncio.run(drive(pools[mode], rows)))
+        torch.set_num_threads(saved)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    out: dict[str, Any] = {"workers": workers, "rows_per_round": rows, "rounds": rounds}
+    for mode in pools:
+        out[mode] = {"rows_per_s": round(statistics.median(speeds[mode]), 1),
+                     "rounds_rows_per_s": [round(x, 1) for x in speeds[mode]], "startup_s": startup[mode]}
+    out["faster"] = max(pools, key=lambda m: out[m]["rows_per_s"])
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
+        "cuda": torch.cuda.is_available(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],  # other work on the box
+    }
+
+
+def print_table(title: str, results: list[dict[str, Any]]) -> None:
+    base = next((r for r in results if r["variant"] == "a"), None)
+    print(f"\n{title}")
+    print(f"{'variant':<34} {'req/s':>8} {'x(a)':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6}  statuses")
+    for r in results:
+        speedup = r["throughput_rps"] / base["throughput_rps"] if base else float("nan")
+        print(f"{r['variant'] + ') ' + r['label']:<34} {r['throughput_rps']:>8.1f} {speedup:>6.1f} {r['p50_ms']:>8.1f} "
+              f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['mean_batch_size']:>6.1f}  {r['statuses']}")
+    print("\nper-stage mean ms per request (server side):")
+    for r in results:
+        print(f"  {r['variant']}) " + ", ".join(f"{k} {v:.2f}" for k, v in r["stages_mean_ms"].items()))
+
+
+def check_targets(results: list[dict[str, Any]], max_wait_ms: float) -> dict[str, Any]:
+    """(d) >= 8x (a) throughput; (d) p99 <= max_wait + 2 x one batch's compute."""
+    by = {r["variant"]: r for r in results}
+    if "a" not in by or "d" not in by:
+        return {}
+    d = by["d"]["stages_mean_ms"]
+    encoders = max(v for k, v in d.items() if k.startswith("encoder_"))
+    batch_compute = encoders + d.get("fusion", 0.0)
+    bound = max_wait_ms + 2 * batch_compute
+    return {
+        "speedup_d_over_a": round(by["d"]["throughput_rps"] / by["a"]["throughput_rps"], 2),
+        "speedup_target": 8.0,
+        "d_p99_ms": by["d"]["p99_ms"],
+        "d_batch_compute_ms": round(batch_compute, 2),
+        "d_p99_bound_ms": round(bound, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--requests", type=int, default=3000, help="most requests per variant")
+    p.add_argument("--seconds", type=float, default=20.0, help="most seconds per variant")
+    p.add_argument("--variants", default="a,b,c,d")
+    p.add_argument("--export", type=Path, default=None)
+    p.add_argument("--data", type=Path, default=Path("data/digits-av/raw"))
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--preprocess-workers", type=int, default=2)
+    p.add_argument("--ort-threads", type=int, default=1, help="intra-op threads per ONNX Runtime session")
+    p.add_argument("--preprocess-mode", choices=("thread", "process"), default="thread")
+    p.add_argument("--preprocess-only", action="store_true", help="only measure threads vs processes")
+    p.add_argument("--no-engine-level", action="store_true", help="skip the same variants without HTTP")
+    p.add_argument("--json", type=Path, default=Path("report/serve_load.json"))
+    args = p.parse_args(argv)
+    if not 1 <= args.clients <= 1024 or args.requests < 1 or not 0 < args.seconds <= 600:
+        p.error("--clients must be 1..1024, --requests >= 1, --seconds in (0, 600]")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+
+    samples, source = load_samples(args.data)
+    print(f"samples: {len(samples)} from {source}")
+    with tempfile.TemporaryDirectory(prefix="mmf-serve-load-") as tmp:
+        export = args.export or make_export(samples, Path(tmp))
+        report: dict[str, Any] = {"machine": machine(), "samples": source, "clients": args.clients,
+                                  "max_wait_ms": args.max_wait_ms, "max_batch_size": args.max_batch_size}
+        report["preprocess"] = measure_preprocessing(samples, export, args.preprocess_workers)
+        pre = report["preprocess"]
+        print(f"preprocessing ({pre['workers']} workers): threads {pre['thread']['rows_per_s']} rows/s, "
+              f"processes {pre['process']['rows_per_s']} rows/s (start-up {pre['process']['startup_s']} s) "
+              f"-> {pre['faster']}")
+        if not args.preprocess_only:
+            results = []
+            ctx = multiprocessing.get_context("spawn")
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                for v in variants:
+                    print(f"running {v}) {VARIANTS[v]['label']} over HTTP ...", flush=True)
+                    results.append(run_variant_http(v, export, samples, args, pool))
+            report["http"] = results
+            report["targets"] = check_targets(results, args.max_wait_ms)
+            if not args.no_engine_level:
+                report["engine"] = []
+                for v in variants:
+                    print(f"running {v}) {VARIANTS[v]['label']} in-process (no HTTP) ...", flush=True)
+                    report["engine"].append(run_variant_engine(v, export, samples, args))
+                report["engine_targets"] = check_targets(report["engine"], args.max_wait_ms)
+                report["compute"] = []
+                for v in variants:
+                    print(f"running {v}) {VARIANTS[v]['label']} in-process on preprocessed arrays ...", flush=True)
+                    report["compute"].append(run_variant_engine(v, export, samples, args, preprocessed=True))
+                report["compute_targets"] = check_targets(report["compute"], args.max_wait_ms)
+            print_table(f"over HTTP, {args.clients} clients (POST /v1/predict, multipart PNG + WAV + text):", results)
+            if "engine" in report:
+                print_table(f"engine only, {args.clients} concurrent callers (same raw samples, no HTTP):", report["engine"])
+                print_table(f"compute path only, {args.clients} concurrent callers (preprocessed arrays, no HTTP):", report["compute"])
+            for key, where in (("targets", "HTTP"), ("engine_targets", "engine only"), ("compute_targets", "compute path")):
+                t = report.get(key)
+                if t:
+                    print(f"{where}: (d)/(a) throughput {t['speedup_d_over_a']}x (target >= 8x); (d) p99 {t['d_p99_ms']} ms vs "
+                          f"max_wait + 2 x batch compute = {t['d_p99_bound_ms']} ms")
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Building an engine's parts from an export directory: its stages, tokenizer and shapes.
+
+Shared by :class:`~mmfurnace.serve.engine.InferenceEngine` and the Ray Serve deployments
+(:mod:`mmfurnace.serve.ray_app`), so both run the same stages from the same export.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mmfurnace.errors import ConfigError
+from mmfurnace.export.spec import FULL_GRAPH, FUSION_GRAPH, ExportSpec, encoder_graph
+from mmfurnace.serve.config import EAGER, ServeConfig, StageConfig
+from mmfurnace.serve.stages import EncoderShape, TorchStage, build_runtime_stage
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def stage_graphs(cfg: ServeConfig, modalities: Sequence[str]) -> dict[str, StageConfig]:
+    """graph name -> the StageConfig it runs with, for ``cfg.mode``."""
+    if cfg.mode == "whole":
+        return {FULL_GRAPH: cfg.whole}
+    graphs = {encoder_graph(m): cfg.stage(m) for m in sorted(modalities)}
+    graphs[FUSION_GRAPH] = cfg.fusion
+    return graphs
+
+
+def on_device(model: nn.Module, device: str) -> nn.Module:
+    """``model`` (CPU) itself for "cpu", else a copy on ``device``; eval mode, no grads."""
+    model = model if device == "cpu" else copy.deepcopy(model).to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def build_stage(spec: ExportSpec, graph: str, stage: StageConfig, *, threads: int | None,
+                models: dict[str, nn.Module] | None = None) -> Any:
+    """One stage for ``graph`` of the export: eager PyTorch, or the runtime ``stage.backend``.
+    ``models`` caches the eager model per device across the stages of one engine."""
+    if graph not in spec.graphs:
+        raise ConfigError(
+            f"{spec.directory}: export has no graph {graph!r}; re-export with split=True or serve with mode: whole"
+        )
+    if stage.backend != EAGER:
+        return build_runtime_stage(stage.backend, spec.directory, graph, device=stage.device, threads=threads)
+    from mmfurnace.export.runtimes.torch_common import load_eager_model
+
+    models = {} if models is None else models
+    if stage.device not in models:
+        base = models.get("cpu") or load_eager_model(spec)
+        models.setdefault("cpu", base)
+        models[stage.device] = on_device(base, stage.device)
+    return TorchStage(models[stage.device], graph, device=stage.device)
+
+
+def build_export_stages(spec: ExportSpec, cfg: ServeConfig) -> dict[str, Any]:
+    graphs = stage_graphs(cfg, spec.modalities)
+    missing = [g for g in graphs if g not in spec.graphs]
+    if missing:
+        raise ConfigError(
+            f"{spec.directory}: export has no graph(s) {missing} that mode {cfg.mode!r} needs; "
+            "re-export with split=True or serve with mode: whole"
+        )
+    models: dict[str, nn.Module] = {}
+    return {g: build_stage(spec, g, s, threads=cfg.intra_op_threads, models=models) for g, s in graphs.items()}
+
+
+def find_tokenizer(directory: Path, preprocessing: Mapping[str, Any] | None, *extra: Path) -> Any | None:
+    """The tokenizer for raw text: ``tokenizer.json`` in ``directory``, else the file the
+    preprocessing's ``text.tokenizer`` names (relative to ``directory``, then as given), else
+    ``tokenizer.json`` in ``extra`` folders; None when there is none."""
+    from mmfurnace.data.text import load_tokenizer
+
+    named = ((preprocessing or {}).get("text") or {}).get("tokenizer")
+    # A relative name is looked up in ``directory`` first (an export that ships its tokenizer).
+    candidates = [directory / TOKENIZER_FILE, *([directory / named, Path(named)] if named else []),
+                  *(Path(e) / TOKENIZER_FILE for e in extra)]
+    for path in candidates:
+        if path.is_file():
+            return load_tokenizer(path)
+    return None
+
+
+def encoder_shapes_from_spec(spec: ExportSpec) -> dict[str, EncoderShape]:
+    """What each encoder emits, read from the sidecar's encoder graph outputs."""
+    shapes = {}
+    for m in spec.modalities:
+        graph = spec.graph(encoder_graph(m))
+        outs = {t.name: t for t in graph.outputs}
+        seq, pooled = outs[f"{m}_sequence"], outs[f"{m}_pooled"]
+        has_mask = f"{m}_sequence_mask" in outs
+        steps = seq.shape[1] if isinstance(seq.shape[1], int) and not has_mask else None
+        shapes[m] = EncoderShape(steps, int(seq.shape[2]), int(pooled.shape[1]), has_mask)
+    return shapes

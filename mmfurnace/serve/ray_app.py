@@ -1,0 +1,235 @@
+"""``mmfurnace serve --ray``: the same engine as a Ray Serve application.
+
+Deployments (one Ray actor pool each, ``cfg.ray.num_replicas`` replicas):
+    encoder_<m>   one per modality: that encoder's stage, on the device/backend its
+                  config names (a cuda stage reserves ``num_gpus: 1``)
+    fusion_head   the fusion + head stage
+    (model        the whole model instead, with ``mode: whole``)
+    ingress       the HTTP routes of :mod:`mmfurnace.serve.app` (same KServe v2 protocol,
+                  /v1/predict, health, /metrics) over a :class:`RayEngine` that preprocesses
+                  and calls the stage deployments through their handles — encoders
+                  concurrently, then fusion
+Each stage batches with ``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s`` =
+``max_wait_ms``) and sheds load past ``max_queue`` waiting requests (Ray's
+``max_queued_requests``; the ingress answers 503 + Retry-After).
+
+On one machine ``mmfurnace serve EXPORT --ray`` starts a local Ray. On a cluster::
+
+    ray start --head --port 6379                      # on the head node
+    ray start --address HEAD_IP:6379                  # on every other node (GPU nodes too)
+    mmfurnace serve EXPORT --ray --address auto       # on the head: joins that cluster
+
+Ray then places the encoder/fusion replicas on any node with the CPUs/GPUs they reserve.
+Every node must see the export directory at the same path (shared storage, or copy it);
+the tokenizer and preprocessing settings travel with the application. Scale with
+``ray.num_replicas`` in the serving config. Ray is optional: it is imported only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from mmfurnace.errors import MissingDependencyError
+from mmfurnace.export.spec import FULL_GRAPH, FUSION_GRAPH, encoder_graph, load_spec
+from mmfurnace.serve.config import ServeConfig, StageConfig
+from mmfurnace.serve.engine import Prediction, RequestGate, answer_many, build_signature
+from mmfurnace.serve.errors import NotReady, Overloaded
+from mmfurnace.serve.loading import (
+    build_stage,
+    encoder_shapes_from_spec,
+    find_tokenizer,
+    stage_graphs,
+)
+from mmfurnace.serve.metrics import ServeMetrics
+from mmfurnace.serve.preprocess import Preprocessor, PreprocessSettings
+from mmfurnace.serve.signature import ModelSignature
+from mmfurnace.serve.stages import GraphBatch, example_row
+
+
+def _require_ray() -> Any:
+    try:
+        from ray import serve
+    except ImportError as err:
+        raise MissingDependencyError("serving with --ray needs Ray Serve: pip install 'mmfurnace[ray]'") from err
+    return serve
+
+
+class RayEngine:
+    """The engine surface the HTTP app uses (``infer``, ``signature``, ``metrics``, ...),
+    computing through Ray Serve deployment handles instead of local batchers."""
+
+    def __init__(self, cfg: ServeConfig, signature: ModelSignature, settings: PreprocessSettings, handles: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.signature = signature
+        self.modalities = list(signature.modalities)
+        self.metrics = ServeMetrics()
+        self.gate = RequestGate(cfg, signature, self.metrics)
+        self.preprocessor = Preprocessor(settings)
+        self.handles = handles
+        self._pool: ThreadPoolExecutor | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        self._pool = ThreadPoolExecutor(self.cfg.preprocess_workers, thread_name_prefix="mmf-preprocess")
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.cfg.mode, "runner": "ray", "modalities": self.modalities, "deployments": sorted(self.handles)}
+
+    async def infer(self, row: Any) -> Prediction:
+        if not self.ready:
+            raise NotReady("ingress is not started")
+        return await self.gate.answer(row, self._pipeline)
+
+    async def infer_many(self, rows: Any) -> list[Prediction]:
+        return await answer_many(self.infer, rows)
+
+    async def _pipeline(self, row: dict[str, Any], timings: dict[str, float]) -> Any:
+        t0 = time.perf_counter()
+        arrays = row
+        if self.preprocessor.needs_work(row):
+            arrays = await asyncio.get_running_loop().run_in_executor(self._pool, self.preprocessor, row)
+        timings["preprocess"] = time.perf_counter() - t0
+        if self.cfg.mode == "whole":
+            return await self._call(FULL_GRAPH, arrays, timings)
+        present = sorted(arrays)
+        encoded = await asyncio.gather(*(self._call(encoder_graph(m), arrays[m], timings) for m in present))
+        return await self._call(FUSION_GRAPH, dict(zip(present, encoded, strict=True)), timings)
+
+    async def _call(self, graph: str, payload: Any, timings: dict[str, float]) -> Any:
+        from ray.serve.exceptions import BackPressureError
+
+        t0 = time.perf_counter()
+        try:
+            result = await self.handles[graph].run.remote(payload)
+        except BackPressureError:
+            raise Overloaded(f"{graph}: deployment queue is full; retry later", retry_after_s=self.cfg.retry_after_s) from None
+        stage = "model" if graph == FULL_GRAPH else "fusion" if graph == FUSION_GRAPH else graph
+        timings[stage] = time.perf_counter() - t0  # queue wait + batch run + transport
+        return result
+
+
+def _deployments() -> tuple[Any, Any]:
+    serve = _require_ray()
+
+    @serve.deployment
+    class StageDeployment:
+        """One graph of the export (an encoder, fusion_head or model), batched by Ray Serve."""
+
+        def __init__(self, export_dir: str, graph: str, stage: dict, threads: int | None,
+                     max_batch_size: int, batch_wait_timeout_s: float, torch_threads: int | None) -> None:
+            if torch_threads is not None:
+                import torch
+
+                torch.set_num_threads(torch_threads)  # this replica's own process
+            spec = load_spec(export_dir)
+            if stage["device"].startswith("cuda"):
+                stage = {**stage, "device": "cuda"}  # Ray exposes the GPU it reserved as cuda:0
+            runner = build_stage(spec, graph, StageConfig(**stage), threads=threads)
+            info = spec.info
+            self.batch = GraphBatch(
+                runner, graph, modalities=spec.modalities,
+                sequences={m for m in spec.modalities if spec.is_sequence(m)},
+                like={m: example_row(m, info.input_shapes[m], info.input_dtypes.get(m, "float32")) for m in spec.modalities},
+                shapes=encoder_shapes_from_spec(spec) if graph == FUSION_GRAPH else None,
+            )
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"mmf-{graph}")
+            self.run.set_max_batch_size(max_batch_size)
+            self.run.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+        async def run(self, rows: list[Any]) -> list[Any]:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, self.batch, rows)
+
+    @serve.deployment
+    @serve.ingress()
+    class Ingress:
+        """The HTTP routes of mmfurnace.serve.app over a RayEngine."""
+
+        def __init__(self, cfg: dict, signature: ModelSignature, settings: PreprocessSettings, handles: dict[str, Any]) -> None:
+            self.cfg = ServeConfig.model_validate(cfg)
+            if self.cfg.torch_threads is not None:
+                import torch
+
+                torch.set_num_threads(self.cfg.torch_threads)  # this replica's own process
+            self.engine = RayEngine(self.cfg, signature, settings, handles)
+
+        def __serve_build_asgi_app__(self) -> Any:
+            from mmfurnace.serve.app import create_app
+
+            return create_app(self.engine, self.cfg)  # type: ignore[arg-type]
+
+    return StageDeployment, Ingress
+
+
+def build_ray_app(export_dir: str | Path, cfg: ServeConfig | None = None, *, tokenizer: Any | None = None) -> Any:
+    """The Ray Serve application (ingress bound to one deployment per stage) for an export."""
+    cfg = cfg or ServeConfig()
+    spec = load_spec(export_dir)
+    tokenizer = tokenizer if tokenizer is not None else find_tokenizer(spec.directory, spec.preprocessing)
+    settings = PreprocessSettings.from_data_settings(spec.preprocessing, spec.modalities, tokenizer)
+    preprocessor = Preprocessor(settings)
+    preprocessor.check_against(spec.info, spec.modalities)
+    signature = build_signature(cfg, spec.info, spec.modalities, preprocessor)
+    graphs = stage_graphs(cfg, spec.modalities)
+    for graph in graphs:
+        spec.graph(graph)  # InputError naming the export when a graph is missing
+    stage_deployment, ingress = _deployments()
+    directory = str(spec.directory.resolve())
+    handles = {}
+    for graph, stage in graphs.items():
+        actor = {"num_cpus": cfg.ray.num_cpus, "num_gpus": 1 if stage.device.startswith("cuda") else 0}
+        handles[graph] = stage_deployment.options(
+            name=graph, num_replicas=cfg.ray.num_replicas, ray_actor_options=actor,
+            max_ongoing_requests=cfg.max_batch_size * cfg.max_inflight_batches, max_queued_requests=cfg.max_queue,
+        ).bind(
+            directory, graph, stage.model_dump(), cfg.intra_op_threads, cfg.max_batch_size, cfg.max_wait_ms / 1000.0,
+            cfg.torch_threads,
+        )
+    return ingress.options(
+        name="ingress", num_replicas=cfg.ray.num_replicas, ray_actor_options={"num_cpus": cfg.ray.num_cpus},
+        max_ongoing_requests=cfg.max_concurrency,
+    ).bind(cfg.model_dump(mode="json"), signature, settings, handles)
+
+
+def run_ray(
+    export_dir: str | Path,
+    cfg: ServeConfig | None = None,
+    *,
+    address: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tokenizer: Any | None = None,
+    blocking: bool = True,
+) -> None:
+    """Deploy the export on Ray Serve and serve HTTP on ``host``:``port``.
+
+    address: None starts a local Ray; "auto" (or "HEAD_IP:6379") joins the cluster started
+    with ``ray start --head``. blocking: keep serving until interrupted, then shut down.
+    """
+    serve = _require_ray()
+    import ray
+
+    cfg = cfg or ServeConfig()
+    if not ray.is_initialized():
+        ray.init(address=address)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_ray_app(export_dir, cfg, tokenizer=tokenizer), name=cfg.model_name, route_prefix="/")
+    if not blocking:
+        return
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()

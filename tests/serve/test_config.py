@@ -1,0 +1,49 @@
+"""ServeConfig: YAML + dotted overrides, and bad settings rejected at construction."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmfurnace.errors import ConfigError
+from mmfurnace.serve.config import ServeConfig, load_serve_config
+
+
+def test_yaml_and_overrides(tmp_path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text("max_batch_size: 16\nstages:\n  image: {backend: onnxruntime}\n", encoding="utf-8")
+    cfg = load_serve_config(path, ["max_wait_ms=2.5", "fusion.backend=onnxruntime", "ray.num_replicas=2"])
+    assert cfg.max_batch_size == 16
+    assert cfg.max_wait_ms == 2.5
+    assert cfg.stage("image").backend == "onnxruntime"
+    assert cfg.stage("audio").backend == "eager"  # unconfigured: cpu / eager
+    assert cfg.fusion.backend == "onnxruntime"
+    assert cfg.ray.num_replicas == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (["max_batch_size=0"], "max_batch_size"),
+        (["max_queue=4", "max_batch_size=8"], "max_queue"),
+        (["max_wait_ms=-1"], "max_wait_ms"),
+        (["preprocess_mode=fork"], "preprocess_mode"),
+        (["stages.video.device=cpu"], "stages.video"),
+        (["stages.image.device=gpu"], "not 'cpu', 'cuda' or 'cuda:N'"),
+        (["fusion.backend=onnx"], "unknown backend 'onnx'; known:"),
+        (["fusion.backend=onnxruntime-cuda"], "runs on a CUDA GPU"),
+        (["max_batch_sizes=3"], "unknown key; allowed keys here: .*max_batch_size"),
+        (["allowed_content_types.image=[Image/PNG]"], "lower-case"),
+    ],
+)
+def test_bad_settings_name_the_key(overrides, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_serve_config(None, overrides)
+
+
+def test_cuda_without_a_gpu_is_rejected_at_construction() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no CUDA GPU is available on this machine"):
+        ServeConfig(stages={"audio": {"device": "cuda:0"}})
