@@ -147,7 +147,7 @@ def ablate_cmd(
 def demo_cmd(
     report: Annotated[Path, typer.Option(help="Report folder")] = Path("report"),
     data_root: Annotated[Path, typer.Option(help="Where the built-in dataset lives")] = Path("data/digits-av"),
-    epochs: Annotated[int, typer.Option(help="Epochs per training run")] = 10,
+    epochs: Annotated[int, typer.Option(help="Epochs per training run")] = 8,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds for the fusion table")] = "0,1,2",
     skip: Annotated[Optional[list[str]], typer.Option(help="Steps to skip (repeatable)")] = None,  # noqa: UP045
 ) -> None:
@@ -188,6 +188,31 @@ def profile_cmd(
         if isinstance(result.get(part), dict) and result[part].get("diagnosis"):
             typer.echo(f"{part}: {result[part]['diagnosis']}")
     typer.echo(f"written: {out}")
+
+
+@app.command("compress")
+def compress_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (a run's best/)")],
+    method: Annotated[str, typer.Option(help="fp16, bf16, int8-dynamic, int8-static, qat, sensitivity, prune-unstructured, prune-channel, distill")],
+    option: Annotated[Optional[list[str]], typer.Option("-o", "--option", help="Method option key=value, e.g. -o sparsity=0.5 -o calibration=entropy")] = None,  # noqa: UP045
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the compressed variant(s)")] = None,  # noqa: UP045
+    report: Annotated[Path, typer.Option(help="Report folder (compression.md/.csv/.png are appended)")] = Path("report/compression"),
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads while measuring")] = 1,  # noqa: UP045
+) -> None:
+    """Compress a checkpoint; measure it beside its parent (accuracy, latency, size, MACs)."""
+    from mmfurnace.compress.api import compress
+    from mmfurnace.typed_config import apply_overrides
+
+    try:
+        options = apply_overrides({}, option or [])
+        result = compress(checkpoint, method, out_dir=out or Path("runs/compressed") / method,
+                          report_dir=report, threads=threads, **options)
+    except MMFurnaceError as err:
+        _fail(err)
+    for row in result.rows:
+        typer.echo(f"{row['variant']:<28} {row['backend']:<12} acc={row.get('accuracy')}"
+                   f" speedup={row.get('speedup')}")
+    typer.echo(f"report: {result.report.get('md', report)}")
 
 
 @app.command("export")

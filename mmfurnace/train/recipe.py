@@ -34,6 +34,7 @@ from mmfurnace.data.datasets import build_dataset
 from mmfurnace.data.loader import make_loader
 from mmfurnace.errors import ConfigError, InputError
 from mmfurnace.models import build_model
+from mmfurnace.threads import torch_threads
 from mmfurnace.train.checkpoint import (
     capture_rng_states,
     is_checkpoint,
@@ -122,7 +123,8 @@ def train(
     _check_out_dir(Path(cfg.train.out_dir), resume)
     env = init_distributed(env, device)
     try:
-        return _train(cfg, env, device, resume=resume, progress=progress, datasets=datasets)
+        with torch_threads(cfg.train.threads):
+            return _train(cfg, env, device, resume=resume, progress=progress, datasets=datasets)
     finally:
         cleanup(env)
 

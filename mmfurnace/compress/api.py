@@ -1,0 +1,250 @@
+"""``compress(checkpoint_dir, method, out_dir=..., **options)``: the one entry point the CLI
+(``mmfurnace compress CHECKPOINT --method ...``) and the benchmark call.
+
+It loads a training checkpoint, builds the method's config from the options (validated),
+runs the method, then measures the parent and every variant in the same run on the same
+inputs (accuracy on the test split, latency/throughput interleaved, params, MACs, size) and
+appends the rows to the report. Each variant is compared with the FP32 parent on the *same
+backend* (onnxruntime INT8 vs onnxruntime FP32; eager FP16 vs eager FP32).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from mmfurnace.compress import channels
+from mmfurnace.compress.config import build_config, config_dict
+from mmfurnace.compress.context import COMPRESSION_FILE, FP32, Context, Variant
+from mmfurnace.compress.measure import (
+    benchmark,
+    count_macs,
+    count_params,
+    cpu_info,
+    evaluate_predict,
+    size_on_disk,
+    split_samples,
+)
+from mmfurnace.compress.methods import METHODS
+from mmfurnace.compress.report import append_report
+from mmfurnace.compress.runners import TorchPredictor
+from mmfurnace.data.batch import Batch
+from mmfurnace.errors import InputError
+
+
+@dataclass
+class CompressResult:
+    """What :func:`compress` returns.
+
+    rows: measured rows (parents first), as written to the report (see report.COLUMNS).
+    artifacts: variant name -> checkpoint or export directory.
+    report: paths written (md, csv, png; sensitivity table/chart when that method ran).
+    details: method-specific extras (fine-tune history, sensitivity table, pruning widths).
+    """
+
+    method: str
+    config: dict[str, Any]
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    artifacts: dict[str, Path]
+    report: dict[str, Path]
+    details: dict[str, Any]
+
+    def row(self, variant: str) -> dict[str, Any]:
+        return next(r for r in self.rows if r["variant"] == variant)
+
+
+# --- the entry point -----------------------------------------------------------------------------
+
+
+def compress(
+    checkpoint_dir: str | Path,
+    method: str,
+    *,
+    out_dir: str | Path,
+    data_cfg: Any | None = None,
+    datasets: dict[str, Dataset] | None = None,
+    report_dir: str | Path | None = "report",
+    threads: int | None = None,
+    rounds: int = 20,
+    latency_samples: int = 16,
+    throughput_batch: int = 32,
+    **options: Any,
+) -> CompressResult:
+    """Compress the model of ``checkpoint_dir`` with ``method`` (see ``METHODS.names()``),
+    write the variant(s) under ``out_dir``, measure them against the FP32 parent and append
+    the rows to ``report_dir`` (None: no report files).
+
+    options: the method's config fields (e.g. ``sparsity=0.5``, ``calibration="entropy"``;
+    ``finetune_epochs``/``lr``/``max_steps`` set the fine-tune). data_cfg: the data section
+    to read (default: the checkpoint's); datasets: pre-built splits ("train", "valid",
+    optional "test") instead. threads: intra-op threads for both backends (default: torch's).
+    rounds / latency_samples / throughput_batch: see :func:`measure_variants`.
+    Raises ConfigError for an unknown method or option, InputError for a directory that is
+    not an mmfurnace checkpoint.
+    """
+    config = method_config(method, options)  # a typo fails before anything is loaded
+    ctx = prepare(checkpoint_dir, out_dir=out_dir, data_cfg=data_cfg, datasets=datasets, threads=threads)
+    variants = METHODS[method].run(ctx, config)
+    rows = measure_variants(ctx, parents(ctx, {v.backend for v in variants}) + variants, rounds=rounds,
+                            latency_samples=latency_samples, throughput_batch=throughput_batch)
+    for row in rows:
+        row.update(run=ctx.out_dir.name, checkpoint=str(ctx.meta.path), method=method if row["parent"] else "parent")
+    report: dict[str, Path] = {}
+    if report_dir is not None:
+        report = append_report(report_dir, rows, title=f"{Path(ctx.meta.path).name}: {method}")
+    if "sensitivity_files" in ctx.details:
+        report.update({f"sensitivity_{k}": v for k, v in ctx.details.pop("sensitivity_files").items()})
+    artifacts = {_key(v): v.path for v in variants if v.path is not None}
+    result = CompressResult(method, config_dict(config), ctx.out_dir, rows, artifacts, report, ctx.details)
+    (ctx.out_dir / "result.json").write_text(json.dumps(_jsonable(result), indent=2, default=str) + "\n",
+                                             encoding="utf-8")
+    return result
+
+
+def method_config(method: str, options: dict[str, Any]) -> Any:
+    """The validated config of ``method`` from its defaults and ``options``."""
+    spec = METHODS[method]
+    return build_config(spec.config, {**spec.defaults, **options}, method=method)
+
+
+def run_method(ctx: Context, method: str, options: dict[str, Any]) -> list[Variant]:
+    """Run one method on ``ctx``'s parent; returns its variants (not yet measured)."""
+    return METHODS[method].run(ctx, method_config(method, options))
+
+
+def prepare(checkpoint_dir: str | Path, *, out_dir: str | Path, data_cfg: Any | None = None,
+            datasets: dict[str, Dataset] | None = None, threads: int | None = None) -> Context:
+    """Load the checkpoint (InputError when it is not one) and its data; make ``out_dir``."""
+    from mmfurnace.train.checkpoint import load_model
+
+    model, meta = load_model(checkpoint_dir)
+    splits = datasets if datasets is not None else _build_splits(data_cfg or meta.config.data)
+    missing = [s for s in ("train", "valid") if s not in splits]
+    if missing:
+        raise InputError(f"compress needs the {' and '.join(missing)} split(s) of the data")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return Context(model, meta, splits, out_dir, threads=threads, batch_size=meta.config.data.batch_size,
+                   seed=meta.config.train.seed)
+
+
+def _build_splits(data_cfg: Any) -> dict[str, Dataset]:
+    from mmfurnace.data.datasets import build_dataset
+
+    splits = {}
+    for split in ("train", "valid", "test"):
+        try:
+            splits[split] = build_dataset(data_cfg, split)
+        except InputError:
+            if split != "test":
+                raise
+    return splits
+
+
+def parents(ctx: Context, backends: set[str]) -> list[Variant]:
+    """The FP32 parent on each of ``backends`` (eager torch: the checkpoint; onnxruntime: its export)."""
+    out = []
+    model = ctx.model
+    if "torch" in backends or not backends:
+        path = Path(ctx.meta.path)
+        out.append(Variant(FP32["torch"], "torch", TorchPredictor(model), count_params(model),
+                               count_macs(model, ctx.example), path, size_on_disk(path / "model.safetensors")))
+    if "onnxruntime" in backends:
+        export = ctx.fp32_export()
+        out.append(ctx.ort_variant(FP32["onnxruntime"], export, params=count_params(model),
+                                       macs=count_macs(model, ctx.example)))
+    return out
+
+
+def measure_variants(ctx: Context, variants: Sequence[Variant], *, rounds: int, latency_samples: int,
+                     throughput_batch: int) -> list[dict[str, Any]]:
+    """Accuracy on the eval split (test, else valid), then latency and throughput of all
+    variants interleaved on the same inputs: ``latency_samples`` real batch-1 requests and one
+    batch of ``throughput_batch`` real rows, ``rounds`` rounds. Returns one row per variant
+    (report.COLUMNS keys); ``delta_pt`` and ``speedup`` compare with the same backend's
+    FP32 parent when it is among ``variants``."""
+    eval_rows = [r for b in ctx.eval_batches for r in split_samples(b, len(b))]
+    singles = eval_rows[:latency_samples]
+    big = _concat(eval_rows, throughput_batch)
+    timings = benchmark({_key(v): v.predict for v in variants}, singles=singles, batch=big,
+                        rounds=rounds, threads=ctx.threads)
+    isa = cpu_info()["isa"]
+    rows, by_backend = [], {}
+    for v in variants:
+        acc = evaluate_predict(v.predict, ctx.eval_batches, multilabel=ctx.multilabel)
+        t = timings[_key(v)]
+        is_parent = v.name == FP32.get(v.backend)
+        row = {"variant": v.name, "backend": v.backend, "parent": None if is_parent else FP32[v.backend],
+               "accuracy": acc, "p50_ms": t.p50_ms, "p95_ms": t.p95_ms, "throughput": t.throughput,
+               "batch_size": t.batch_size,
+               "size_bytes": v.size_bytes, "params": v.params, "macs": v.macs, "isa": isa,
+               "path": str(v.path) if v.path else None, **v.notes}
+        if is_parent:
+            by_backend[v.backend] = row
+        rows.append(row)
+    for row in rows:
+        parent = by_backend.get(row["backend"])
+        if parent is not None:
+            row["delta_pt"] = 100 * (row["accuracy"] - parent["accuracy"])
+            row["speedup"] = row["throughput"] / parent["throughput"]
+    return rows
+
+
+def _key(v: Variant) -> str:
+    return f"{v.name}@{v.backend}"
+
+
+def _concat(rows: list[Batch], n: int) -> Batch:
+    """A batch of ``n`` rows (cycling through ``rows``), collated like the loader does."""
+    from mmfurnace.data.batch import Sample, collate_samples
+
+    samples = []
+    for i in range(n):
+        b = rows[i % len(rows)]
+        inputs = {m: x[0] for m, x in b.inputs.items() if bool(b.present[m][0])}
+        samples.append(Sample(inputs=inputs, label=b.labels[0]))
+    return collate_samples(samples, sorted(rows[0].present))
+
+
+def load_compressed(directory: str | Path) -> tuple[nn.Module, Any]:
+    """Load a checkpoint written by :func:`compress` (a pruned one has layer shapes its config
+    does not describe: they are restored from compression.json before the weights load)."""
+    from mmfurnace.train.checkpoint import load_checkpoint, load_model
+
+    directory = Path(directory)
+    raw = json.loads((directory / COMPRESSION_FILE).read_text()) if (directory / COMPRESSION_FILE).is_file() else {}
+    if "shape_attributes" not in raw:
+        return load_model(directory)
+    from mmfurnace.config import RunConfig
+    from mmfurnace.models import build_model
+    from mmfurnace.typed_config import parse
+
+    ckpt = load_checkpoint(directory)
+    cfg = parse(RunConfig, ckpt.config, source=str(directory))
+    model = build_model(cfg.model, ckpt.info, modalities=list(cfg.data.modalities))
+    channels.resize_to_(model, ckpt.weights, raw["shape_attributes"])
+    model.load_state_dict(ckpt.weights, strict=True)
+    model.eval()
+    return model, ckpt
+
+
+def _jsonable(result: CompressResult) -> dict[str, Any]:
+    return {"method": result.method, "config": result.config, "out_dir": str(result.out_dir),
+            "rows": result.rows, "artifacts": {k: str(v) for k, v in result.artifacts.items()},
+            "report": {k: str(v) for k, v in result.report.items()}, "details": result.details}
+
+
+def known_methods() -> dict[str, str]:
+    """Method name -> one-line description (for the CLI's help)."""
+    return {name: METHODS[name].doc for name in METHODS.names()}
+
+
+__all__ = ["METHODS", "CompressResult", "Context", "Variant", "compress", "known_methods", "load_compressed",
+           "measure_variants", "method_config", "parents", "prepare", "run_method"]

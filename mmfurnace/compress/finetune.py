@@ -1,0 +1,96 @@
+"""A short fine-tune loop after a lossy compression step (pruning, QAT, distillation).
+
+The loop is written out (torchtune-style recipe, no Trainer): AdamW, cosine decay, the
+training loss of :mod:`mmfurnace.train.losses` (task + alpha * consistency + beta *
+regulariser) unless the caller passes its own ``loss_fn`` (distillation does). ``on_step`` is
+called after every optimiser step, so QAT can freeze its observers and pruning can hold its
+masks. Runs on the CPU by default; seeds nothing (the caller owns the RNG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmfurnace.compress.config import FinetuneConfig
+from mmfurnace.data.batch import Batch
+from mmfurnace.train.losses import total_loss
+from mmfurnace.train.schedule import build_optimizer, warmup_cosine
+
+LossFn = Callable[[nn.Module, Batch], Tensor]
+
+
+def training_loss(*, multilabel: bool, alpha: float = 0.1, beta: float = 1e-4,
+                  consistency: str = "mse", temperature: float = 0.1) -> LossFn:
+    """The recipe's loss (:func:`mmfurnace.train.losses.total_loss`) as ``loss_fn(model, batch)``."""
+
+    def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
+        out = model(batch.inputs, batch.present, batch.padding)
+        return total_loss(
+            out.logits, batch.labels, projected=out.projected, embeddings=out.embeddings,
+            present=batch.present, multilabel=multilabel, alpha=alpha, beta=beta,
+            consistency=consistency, temperature=temperature,
+        ).total
+
+    return loss_fn
+
+
+def finetune(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    config: FinetuneConfig,
+    *,
+    loss_fn: LossFn,
+    device: torch.device | str = "cpu",
+    params: Iterable[nn.Parameter] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    clip_grad_norm: float | None = 1.0,
+) -> list[dict[str, Any]]:
+    """Train ``model`` for ``config.epochs`` passes over ``loader`` (capped at
+    ``config.max_steps`` steps). ``params``: what to optimise (default: the model's, plus
+    whatever ``loss_fn`` owns is the caller's to pass). ``on_step(step, total_steps)`` runs
+    after each optimiser step. Returns one record per epoch: {"epoch", "loss", "steps"}.
+    The model is left in eval mode.
+    """
+    if config.epochs == 0:
+        return []
+    steps_per_epoch = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    total = config.epochs * steps_per_epoch if steps_per_epoch else (config.max_steps or 1)
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    holder = nn.Module()
+    holder.params = nn.ParameterList(list(params) if params is not None else list(model.parameters()))
+    optimizer = build_optimizer(holder, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = warmup_cosine(optimizer, warmup_steps=0, total_steps=max(total, 1))
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    history: list[dict[str, Any]] = []
+    step = 0
+    model.train()
+    try:
+        for epoch in range(config.epochs):
+            loss_sum, rows = 0.0, 0
+            for batch in loader:
+                if step >= total:
+                    break
+                batch = batch.to(device)
+                loss = loss_fn(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(trainable, clip_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if on_step is not None:
+                    on_step(step, total)
+                loss_sum += float(loss.detach()) * len(batch)
+                rows += len(batch)
+            history.append({"epoch": epoch + 1, "loss": loss_sum / max(rows, 1), "steps": step})
+            if step >= total:
+                break
+    finally:
+        model.eval()
+    return history

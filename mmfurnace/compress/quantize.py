@@ -1,0 +1,350 @@
+"""Post-training quantization: FP16/BF16 casts, INT8 dynamic and INT8 static (calibrated).
+
+Which library does what:
+- ``quantize_(model, config, filter_fn=...)`` works on the PyTorch module in place:
+  HalfConfig -> ``model.to(dtype)``; Int8DynamicConfig(backend="torch") ->
+  ``torch.ao.quantization.quantize_dynamic`` on the selected nn.Linear (fbgemm/x86 INT8
+  kernels; torch.ao.quantization is deprecated but is what ships in torch with eager CPU
+  INT8 kernels — torchao's replacement runs its CPU INT8 path through torch.compile).
+- ``quantize_onnx(src, dst, config, calibration=...)`` works on an exported ONNX graph with
+  onnxruntime.quantization: ``quant_pre_process`` first, then ``quantize_dynamic`` or
+  ``quantize_static`` (QDQ format, U8 activations x S8 per-channel weights, calibration
+  MinMax / Percentile / Entropy over real batches fed by :class:`BatchReader`). This is the
+  deployment backend, so its INT8 numbers are compared with onnxruntime FP32 on the same
+  machine, never with eager PyTorch.
+
+Only MatMuls whose second input is a weight are quantized (``MatMulConstBOnly``): the
+attention-score MatMuls (Q·Kᵀ, P·V) multiply two activations, lose the most accuracy and gain
+little, and quantizing Softmax/Add/Where adds QLinear* ops that are slower than float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmfurnace.compress.config import (
+    HalfConfig,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    QATConfig,
+    config_dict,
+)
+from mmfurnace.data.batch import Batch
+from mmfurnace.data.info import DatasetInfo
+from mmfurnace.errors import ConfigError, InputError
+
+FilterFn = Callable[[nn.Module, str], bool]
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+STATIC_OPS = ("Conv", "MatMul", "Gemm")
+ONNX_FILE = "model.onnx"
+
+
+# --- PyTorch modules, in place -----------------------------------------------------------------
+
+
+def quantize_(model: nn.Module, config: object, filter_fn: FilterFn | None = None) -> nn.Module:
+    """Quantize ``model`` in place as ``config`` says; returns it.
+
+    HalfConfig: cast parameters and buffers to float16/bfloat16 (``autocast=True`` leaves the
+    weights alone: the runner applies autocast). Int8DynamicConfig(backend="torch"): swap the
+    nn.Linear layers ``filter_fn(module, name)`` selects (default: every Linear outside
+    attention blocks) for torch.ao dynamic INT8 Linear. Static INT8 works on the exported
+    graph: use :func:`quantize_onnx`.
+    """
+    if isinstance(config, HalfConfig):
+        if not config.autocast:
+            model.to(DTYPES[config.dtype])
+        return model
+    if isinstance(config, Int8DynamicConfig):
+        if config.backend != "torch":
+            raise ConfigError(
+                "Int8DynamicConfig.backend: 'onnxruntime' quantizes the exported graph; call "
+                "quantize_onnx(...) or use backend='torch' to quantize the module in place"
+            )
+        return _dynamic_torch_(model, filter_fn or _default_linear_filter)
+    if isinstance(config, Int8StaticConfig):
+        raise ConfigError("Int8StaticConfig quantizes the exported ONNX graph: call quantize_onnx(...)")
+    if isinstance(config, QATConfig):
+        from mmfurnace.compress.qat import default_filter, prepare_qat_
+
+        prepare_qat_(model, filter_fn or (lambda m, n: default_filter(m, n, min_reduction=config.min_reduction)))
+        return model
+    raise ConfigError(f"quantize_ does not take {type(config).__name__}")
+
+
+def _default_linear_filter(module: nn.Module, name: str) -> bool:
+    # nn.MultiheadAttention reads in_proj_weight/out_proj.weight directly; its out_proj is a
+    # NonDynamicallyQuantizableLinear for that reason. The consistency projections are not
+    # on the logits path.
+    return (
+        type(module) is nn.Linear and not name.startswith("projections.")
+    )
+
+
+def _dynamic_torch_(model: nn.Module, keep: FilterFn) -> nn.Module:
+    from torch.ao.quantization import quantize_dynamic
+
+    names = {name for name, module in model.named_modules() if keep(module, name)}
+    if not names:
+        raise ConfigError("Int8DynamicConfig: filter_fn selected no nn.Linear layer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization is deprecated
+        quantize_dynamic(model, qconfig_spec=names, dtype=torch.qint8, inplace=True)
+    return model
+
+
+# --- ONNX graphs (onnxruntime.quantization) ------------------------------------------------------
+
+
+def export_onnx(model: nn.Module, info: DatasetInfo, out_dir: str | Path, *, config: Any | None = None,
+                verify: bool = True, source: str | None = None) -> Path:
+    """Export the whole classifier to ``out_dir/model.onnx`` + export.json (one graph, no split)."""
+    from mmfurnace.export import export_model
+
+    return export_model(model, info, out_dir, formats=("onnx",), split=False, verify=verify,
+                        config=config, source=source)
+
+
+class BatchReader:
+    """onnxruntime CalibrationDataReader over real Batches (flattened, validated feeds)."""
+
+    def __init__(self, export_dir: str | Path, batches: Iterable[Batch], onnx_path: str | Path) -> None:
+        from mmfurnace.export import build_feed, load_spec
+
+        self._spec = load_spec(export_dir)
+        self._names = _input_names(onnx_path)
+        self._build_feed = build_feed
+        self._batches: Iterator[Batch] = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        feed = self._build_feed(self._spec, batch)
+        return {k: v for k, v in feed.items() if k in self._names}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        while (feed := self.get_next()) is not None:
+            yield feed
+
+
+def quantize_onnx(
+    export_dir: str | Path,
+    out_dir: str | Path,
+    config: Int8DynamicConfig | Int8StaticConfig,
+    *,
+    calibration: Iterable[Batch] | None = None,
+    nodes: Sequence[str] | None = None,
+) -> Path:
+    """Quantize ``export_dir``'s model.onnx with onnxruntime into a new export directory
+    ``out_dir`` (model.onnx + export.json whose hashes and ``compression`` entry describe it),
+    which RUNTIMES["onnxruntime"] runs like any export. Returns ``out_dir``.
+
+    Int8StaticConfig needs ``calibration``: real batches (``config.num_batches`` are used).
+    ``nodes``: quantize only these nodes of the pre-processed graph (see
+    :func:`preprocessed`; the sensitivity analysis quantizes one layer at a time).
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    export_dir, out_dir = Path(export_dir), Path(out_dir)
+    pre = preprocessed(export_dir)
+    with tempfile.TemporaryDirectory(prefix="mmfurnace-quant-") as tmp:
+        dst = Path(tmp) / ONNX_FILE
+        only = list(nodes) if nodes is not None else []
+        if isinstance(config, Int8DynamicConfig):
+            if config.backend != "onnxruntime":
+                raise ConfigError("Int8DynamicConfig.backend: quantize_onnx needs 'onnxruntime'")
+            quantize_dynamic(
+                pre, dst, op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
+                weight_type=QuantType.QInt8, nodes_to_quantize=only,
+                extra_options={"MatMulConstBOnly": True},
+            )
+        elif isinstance(config, Int8StaticConfig):
+            if calibration is None:
+                raise ConfigError("Int8StaticConfig needs calibration batches (real training data)")
+            reader = BatchReader(export_dir, uniform_batches(_take(calibration, config.num_batches)), pre)
+            short = [n["name"] for n in quantizable_nodes(pre) if n["reduction"] < config.min_reduction]
+            quantize_static(
+                pre, dst, reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(config.op_types or STATIC_OPS),
+                nodes_to_quantize=only,
+                nodes_to_exclude=[*config.exclude, *short],
+                per_channel=config.per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=_calibration_method(config.calibration),
+                extra_options=_calibration_options(config),
+            )
+        else:
+            raise ConfigError(f"quantize_onnx does not take {type(config).__name__}")
+        compression = config_dict(config)
+        if nodes is not None:
+            compression["nodes"] = only
+        return write_variant_export(export_dir, dst, out_dir, compression=compression)
+
+
+def preprocessed(export_dir: str | Path) -> Path:
+    """``export_dir``'s model.onnx after onnxruntime's ``quant_pre_process`` (shape inference +
+    graph optimisation), cached under the temp directory by the graph's SHA-256. Symbolic
+    shape inference gives up on some masked-attention graphs; ONNX's own shape inference is
+    then used alone."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from mmfurnace.export.spec import sha256_file
+
+    src = Path(export_dir) / ONNX_FILE
+    if not src.is_file():
+        raise InputError(f"{export_dir}: no {ONNX_FILE}; export the model first")
+    cache = Path(tempfile.gettempdir()) / "mmfurnace-quant-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{sha256_file(src)[:24]}.pre.onnx"
+    if target.is_file():
+        return target
+    tmp = target.with_suffix(f".{os.getpid()}.tmp.onnx")
+    try:
+        try:
+            # on failure symbolic shape inference dumps sym_shape_infer_temp.onnx (+ data)
+            # into the working directory: let it do so in a scratch one
+            with tempfile.TemporaryDirectory(prefix="mmfurnace-symshape-") as scratch, _working_dir(scratch):
+                quant_pre_process(str(src), str(tmp))
+        except Exception:  # noqa: BLE001 - "Incomplete symbolic shape inference" and friends
+            quant_pre_process(str(src), str(tmp), skip_symbolic_shape=True)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+@contextlib.contextmanager
+def _working_dir(path: str) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def quantizable_nodes(onnx_path: str | Path, op_types: Iterable[str] = STATIC_OPS) -> list[dict[str, Any]]:
+    """Nodes static quantization would touch: Conv/Gemm, and MatMuls whose second input is an
+    initializer (a weight). Each as {"name", "op_type", "weight", "params", "reduction"}
+    (reduction: the length of each dot product — in_channels x kernel for a conv, K for a
+    matmul)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    wanted = set(op_types)
+    out = []
+    for node in graph.node:
+        if node.op_type not in wanted or len(node.input) < 2 or node.input[1] not in dims:
+            continue
+        shape = dims[node.input[1]]
+        if node.op_type == "Conv":
+            reduction = int(np.prod(shape[1:]))
+        elif node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+            reduction = shape[-1]
+        else:
+            reduction = shape[0]
+        out.append({"name": node.name, "op_type": node.op_type, "weight": node.input[1],
+                    "params": int(np.prod(shape)), "reduction": int(reduction)})
+    return out
+
+
+def write_variant_export(base_dir: Path, onnx_file: Path, out_dir: Path, *, compression: dict[str, Any]) -> Path:
+    """A new export directory: ``onnx_file`` as model.onnx next to a copy of ``base_dir``'s
+    export.json, with file hashes redone and a ``compression`` entry. FP32 weights files of the
+    base export are not copied (the ONNX graph is the artefact)."""
+    from mmfurnace.export.spec import SIDECAR, sha256_file, write_spec
+
+    raw = json.loads((base_dir / SIDECAR).read_text(encoding="utf-8"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / ONNX_FILE
+    shutil.copyfile(onnx_file, target)
+    raw["files"] = {ONNX_FILE: {"sha256": sha256_file(target), "bytes": target.stat().st_size}}
+    raw["formats"] = ["onnx"]
+    for graph in raw["graphs"].values():
+        graph["files"] = {k: v for k, v in graph["files"].items() if k == "onnx"}
+    raw["model"] = {**raw.get("model", {}), "weights": None, "pickled": None}
+    raw["compression"] = {**compression, "parent": str(base_dir)}
+    write_spec(out_dir, raw)
+    return out_dir
+
+
+def uniform_batches(batches: list[Batch]) -> list[Batch]:
+    """The batches padded to one length per sequence modality (masks mark the padding, so
+    the model's output is unchanged), keeping only those of the first batch's size.
+
+    onnxruntime's histogram calibrators (percentile, entropy) stack each tensor across
+    calibration batches with ``np.asarray``, which fails when sequence lengths or batch
+    sizes differ between batches."""
+    from mmfurnace.data.batch import PAD_ID
+
+    size = len(batches[0])
+    batches = [b for b in batches if len(b) == size]
+    like = {m: b.inputs[m] for b in batches for m in b.padding}  # an example tensor per modality
+    longest = {m: max(b.padding[m].shape[1] for b in batches if m in b.padding) for m in like}
+    out = []
+    for b in batches:
+        inputs, padding = dict(b.inputs), dict(b.padding)
+        for m, n in longest.items():
+            if m not in padding:  # absent from every row of this batch: all padding
+                x = like[m]
+                inputs[m] = x.new_full((size, n, *x.shape[2:]), PAD_ID if not x.is_floating_point() else 0)
+                padding[m] = torch.zeros(size, n, dtype=torch.bool)
+                continue
+            extra = n - padding[m].shape[1]
+            if extra == 0:
+                continue
+            x = inputs[m]
+            fill = PAD_ID if not x.is_floating_point() else 0
+            inputs[m] = torch.cat([x, x.new_full((x.shape[0], extra, *x.shape[2:]), fill)], dim=1)
+            padding[m] = torch.cat([padding[m], padding[m].new_zeros(x.shape[0], extra)], dim=1)
+        out.append(Batch(inputs=inputs, padding=padding, present=b.present, labels=b.labels))
+    return out
+
+
+def _input_names(onnx_path: str | Path) -> set[str]:
+    import onnx
+
+    return {i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input}
+
+
+def _take(batches: Iterable[Batch], n: int) -> list[Batch]:
+    out = []
+    for batch in batches:
+        out.append(batch)
+        if len(out) >= n:
+            break
+    if not out:
+        raise InputError("calibration data is empty: need at least one batch of real training data")
+    return out
+
+
+def _calibration_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[name]
+
+
+def _calibration_options(config: Int8StaticConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {"MatMulConstBOnly": True}
+    if config.calibration == "percentile":
+        options["CalibPercentile"] = config.percentile
+    if config.calibration in ("percentile", "entropy"):
+        options["CalibNumBins"] = 2048 if config.calibration == "percentile" else 512
+    return options
