@@ -1,0 +1,39 @@
+"""Smoke test of benchmarks/train_throughput.py on its --tiny data (never asserts on speed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
+
+
+def _load_main():
+    spec = importlib.util.spec_from_file_location("train_throughput_bench", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.slow
+def test_train_throughput_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "train_throughput.json"
+    main = _load_main()
+    assert main(["--tiny", "--steps", "3", "--warmup", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    variants = result["variants"]
+    assert set(variants) == {"plain", "mmfurnace"}
+    for v in variants.values():
+        assert v["samples_per_s"] > 0
+        assert v["ms_per_step"] > 0
+        assert v["steps"] == 3
+        assert v["batch_size"] == result["batch_size"]
+    assert variants["plain"]["samples"] > 0
+    assert result["ratio_b_over_a"] > 0
+    assert result["machine"]["cpu"]["model"]
+    assert "ratio b/a" in capsys.readouterr().out
