@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmfurnace.data.batch import Batch, collate_samples
+from mmfurnace.threads import torch_threads
 from mmfurnace.train.metrics import accuracy
 
 Predict = Callable[[Batch], Tensor]  # batch -> logits (batch, classes), float32 on the CPU
@@ -108,18 +109,6 @@ def _one(inputs: dict[str, Tensor], label: Tensor, modalities: Sequence[str]) ->
     return collate_samples([Sample(inputs=inputs, label=label)], modalities)
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads, restoring the previous setting."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def benchmark(

@@ -13,10 +13,9 @@ input, expected vs got). ``available()`` says whether a backend can run here, an
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -173,23 +172,6 @@ def cache_dir(spec: ExportSpec, option: str | Path | None) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads, restoring the process setting afterwards."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    old = torch.get_num_threads()
-    if old == threads:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def sequence_hint(spec: ExportSpec, modality: str) -> int | None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmfurnace.export.runtimes.base import Runtime, torch_threads
+from mmfurnace.export.runtimes.base import Runtime
 from mmfurnace.export.runtimes.registry import RUNTIMES
 from mmfurnace.export.runtimes.torch_common import (
     autocast,
@@ -22,6 +22,7 @@ from mmfurnace.export.runtimes.torch_common import (
     resolve_device,
     to_tensors,
 )
+from mmfurnace.threads import torch_threads
 
 
 @functools.cache

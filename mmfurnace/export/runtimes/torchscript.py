@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfurnace.export.runtimes.base import Runtime, torch_threads, wrap_engine_error
+from mmfurnace.export.runtimes.base import Runtime, wrap_engine_error
 from mmfurnace.export.runtimes.registry import RUNTIMES
 from mmfurnace.export.runtimes.torch_common import outputs_to_numpy, resolve_device, to_tensors
+from mmfurnace.threads import torch_threads
 
 
 @RUNTIMES.register("torchscript")
