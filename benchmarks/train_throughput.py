@@ -13,9 +13,8 @@ same batch size, same number of timed optimiser steps, same torch thread count, 
     per-batch host -> device copies, cross-entropy (BCE-with-logits when multilabel) only, a
     plain AdamW step. The model is called as ``model(inputs, present, padding)`` with
     all-True presence and all-True padding masks.
-(b) ``mmfurnace``: the step of :func:`mmfurnace.train.recipe.train`. The recipe exposes no
-    per-step function, so its loop body is replicated here line for line, with its own
-    building blocks: PackedDataset + ``make_loader`` (Batch with presence masks and per-batch
+(b) ``mmfurnace``: the recipe's own :func:`mmfurnace.train.recipe.train_step`, fed as the
+    recipe feeds it: PackedDataset + ``make_loader`` (Batch with presence masks and per-batch
     variable-length padding, a DistributedSampler as the recipe uses), ``drop_modalities``,
     ``autocast`` at ``train.precision``, ``total_loss`` (task + alpha*consistency +
     beta*regulariser), GradScaler, grad clipping at ``train.clip_grad_norm``,
@@ -48,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmfurnace.bench.machine import machine_info
@@ -62,8 +60,8 @@ from mmfurnace.modalities import SEQUENCE_MODALITIES
 from mmfurnace.models import build_model
 from mmfurnace.threads import torch_threads
 from mmfurnace.train.distributed import read_env, resolve_device
-from mmfurnace.train.losses import drop_modalities, total_loss
-from mmfurnace.train.precision import autocast, make_scaler
+from mmfurnace.train.precision import make_scaler
+from mmfurnace.train.recipe import train_step
 from mmfurnace.train.schedule import build_optimizer, warmup_cosine
 
 VARIANTS = ("plain", "mmfurnace")
@@ -256,29 +254,8 @@ def recipe_stepper(cfg: RunConfig, info: DatasetInfo, modalities: list[str], tra
     def step() -> int:
         nonlocal loss_sums
         batch = next(batches).to(device, non_blocking=pin)
-        present = drop_modalities(batch.present, tc.modality_dropout, dropout_rng)
-        with autocast(device, tc.precision):
-            out = model(batch.inputs, present, batch.padding)
-            parts = total_loss(
-                out.logits,
-                batch.labels,
-                projected=out.projected,
-                embeddings=out.embeddings,
-                present=present,
-                multilabel=info.multilabel,
-                alpha=tc.alpha,
-                beta=tc.beta,
-                consistency=tc.consistency,
-                temperature=tc.temperature,
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(parts.total).backward()
-        if tc.clip_grad_norm is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        parts = train_step(model, batch, tc=tc, multilabel=info.multilabel, optimizer=optimizer,
+                           scaler=scaler, scheduler=scheduler, dropout_rng=dropout_rng, device=device)
         loss_sums += torch.stack([p.detach().double() for p in parts]) * len(batch)
         return len(batch)
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
+from mmfurnace.data.batch import Batch
 from mmfurnace.data.datasets import build_dataset
 from mmfurnace.data.loader import make_loader
 from mmfurnace.errors import ConfigError, InputError
@@ -44,6 +45,7 @@ from mmfurnace.train.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from mmfurnace.train.config import TrainConfig
 from mmfurnace.train.distributed import (
     DistEnv,
     all_reduce_mean,
@@ -194,29 +196,9 @@ def _train(
             started = time.perf_counter()
             for batch in train_loader:
                 batch = batch.to(device, non_blocking=pin)
-                present = drop_modalities(batch.present, tc.modality_dropout, dropout_rng)
-                with autocast(device, tc.precision):
-                    out = ddp_model(batch.inputs, present, batch.padding)
-                    parts = total_loss(
-                        out.logits,
-                        batch.labels,
-                        projected=out.projected,
-                        embeddings=out.embeddings,
-                        present=present,
-                        multilabel=info.multilabel,
-                        alpha=tc.alpha,
-                        beta=tc.beta,
-                        consistency=tc.consistency,
-                        temperature=tc.temperature,
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(parts.total).backward()
-                if tc.clip_grad_norm is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                parts = train_step(ddp_model, batch, tc=tc, multilabel=info.multilabel,
+                                   optimizer=optimizer, scaler=scaler, scheduler=scheduler,
+                                   dropout_rng=dropout_rng, device=device)
                 state.step += 1
                 rows += len(batch)
                 loss_sums += torch.stack([p.detach().double() for p in parts]) * len(batch)
@@ -286,6 +268,47 @@ def _train(
 
 
 # --- the pieces the loop calls -----------------------------------------------------------------
+
+
+def train_step(
+    model: nn.Module,
+    batch: Batch,
+    *,
+    tc: TrainConfig,
+    multilabel: bool,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    scheduler: Any,
+    dropout_rng: torch.Generator,
+    device: torch.device,
+) -> LossParts:
+    """One optimisation step on a batch already on ``device``: modality dropout, forward
+    under autocast, the weighted loss, backward, clipping, optimizer and schedule steps.
+    ``model`` may be DDP-wrapped. Returns the loss terms (attached to the graph)."""
+    present = drop_modalities(batch.present, tc.modality_dropout, dropout_rng)
+    with autocast(device, tc.precision):
+        out = model(batch.inputs, present, batch.padding)
+        parts = total_loss(
+            out.logits,
+            batch.labels,
+            projected=out.projected,
+            embeddings=out.embeddings,
+            present=present,
+            multilabel=multilabel,
+            alpha=tc.alpha,
+            beta=tc.beta,
+            consistency=tc.consistency,
+            temperature=tc.temperature,
+        )
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(parts.total).backward()
+    if tc.clip_grad_norm is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return parts
 
 
 def _loader(cfg: RunConfig, dataset: Dataset, modalities: list[str], pin: bool, **kwargs: Any):
