@@ -8,6 +8,7 @@ from typing import Any
 
 from mmfurnace.data.datasets import build_dataset
 from mmfurnace.data.loader import make_loader
+from mmfurnace.threads import torch_threads
 from mmfurnace.train.checkpoint import load_model
 from mmfurnace.train.distributed import read_env, resolve_device
 from mmfurnace.train.evaluate import evaluate
@@ -23,14 +24,31 @@ def evaluate_checkpoint(
     out_dir: Path | None = None,
     overrides: Sequence[str] = (),
     seed: int = 0,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on ``split`` of the data it was trained on.
 
     ``overrides`` (``data.root=...``) change the data section, e.g. to point at a moved
     dataset. With ``noise`` (a spec for :func:`~mmfurnace.train.robustness.parse_noise_spec`,
     or ``"all"``), also returns robustness curves and writes their report into ``out_dir``
-    (default: ``<checkpoint>/robustness``).
+    (default: ``<checkpoint>/robustness``). ``threads``: torch intra-op threads while it runs
+    (one is fastest for these small models on a shared CPU; None keeps torch's setting).
     """
+    with torch_threads(threads):
+        return _evaluate(checkpoint, split=split, noise=noise, levels=levels, out_dir=out_dir,
+                         overrides=overrides, seed=seed)
+
+
+def _evaluate(
+    checkpoint: Path,
+    *,
+    split: str,
+    noise: str | None,
+    levels: Sequence[float],
+    out_dir: Path | None,
+    overrides: Sequence[str],
+    seed: int,
+) -> dict[str, Any]:
     from mmfurnace.config import RunConfig
 
     device = resolve_device("auto", read_env())

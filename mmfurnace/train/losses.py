@@ -14,6 +14,7 @@ parameter used and no NaN appears). Every term is computed in float32, also unde
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import combinations
 from typing import NamedTuple
 
@@ -39,6 +40,16 @@ def task_loss(logits: Tensor, labels: Tensor, *, multilabel: bool) -> Tensor:
     return F.cross_entropy(logits, labels.long())
 
 
+def _unit_pairs(projected: dict[str, Tensor], present: dict[str, Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+    """For each modality pair with rows where both are present: those rows of both
+    projections, L2-normalised, in fp32."""
+    for a, b in _pairs(projected):
+        both = present[a] & present[b]
+        if bool(both.any()):
+            yield (F.normalize(projected[a][both].float(), dim=-1),
+                   F.normalize(projected[b][both].float(), dim=-1))
+
+
 def consistency_mse(projected: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
     """Mean over modality pairs of the squared distance between paired unit-length projections.
 
@@ -46,14 +57,7 @@ def consistency_mse(projected: dict[str, Tensor], present: dict[str, Tensor]) ->
     ``mean_rows ||a/|a| - b/|b|||^2`` (= ``2 - 2 cos``, in [0, 4], independent of proj_dim).
     Pairs with no such rows are skipped; 0 when no pair has any.
     """
-    terms = []
-    for a, b in _pairs(projected):
-        both = present[a] & present[b]
-        if not bool(both.any()):
-            continue
-        za = F.normalize(projected[a][both].float(), dim=-1)
-        zb = F.normalize(projected[b][both].float(), dim=-1)
-        terms.append((za - zb).pow(2).sum(dim=-1).mean())
+    terms = [(za - zb).pow(2).sum(dim=-1).mean() for za, zb in _unit_pairs(projected, present)]
     return _mean_or_zero(terms, projected)
 
 
@@ -67,12 +71,7 @@ def consistency_infonce(
     cross-entropies. Pairs with no such rows are skipped; 0 when no pair has any.
     """
     terms = []
-    for a, b in _pairs(projected):
-        both = present[a] & present[b]
-        if not bool(both.any()):
-            continue
-        za = F.normalize(projected[a][both].float(), dim=-1)
-        zb = F.normalize(projected[b][both].float(), dim=-1)
+    for za, zb in _unit_pairs(projected, present):
         logits = za @ zb.T / temperature
         target = torch.arange(logits.shape[0], device=logits.device)
         terms.append(0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)))
