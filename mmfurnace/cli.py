@@ -147,7 +147,8 @@ def ablate_cmd(
 def demo_cmd(
     report: Annotated[Path, typer.Option(help="Report folder")] = Path("report"),
     data_root: Annotated[Path, typer.Option(help="Where the built-in dataset lives")] = Path("data/digits-av"),
-    epochs: Annotated[int, typer.Option(help="Epochs per training run")] = 8,
+    epochs: Annotated[int, typer.Option(help="Epochs of each unimodal baseline run")] = 16,
+    fusion_epochs: Annotated[int, typer.Option(help="Epochs of each fusion run (warm-started)")] = 5,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds for the fusion table")] = "0,1,2",
     skip: Annotated[Optional[list[str]], typer.Option(help="Steps to skip (repeatable)")] = None,  # noqa: UP045
 ) -> None:
@@ -155,6 +156,7 @@ def demo_cmd(
     from mmfurnace.demo import DemoSettings, run_demo
 
     settings = DemoSettings(report=report, data_root=data_root, epochs=epochs,
+                            fusion_epochs=fusion_epochs,
                             seeds=tuple(int(x) for x in seeds.split(",") if x.strip()),
                             skip=tuple(skip or ()))
     try:

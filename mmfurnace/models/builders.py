@@ -28,6 +28,7 @@ def build_encoder(modality: str, cfg: EncoderConfig, info: DatasetInfo) -> nn.Mo
             layers=cfg.layers,
             heads=cfg.heads,
             dropout=cfg.dropout,
+            channels=cfg.channels,
             path=cfg.path,
         )
     except ConfigError as err:

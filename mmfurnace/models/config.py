@@ -22,6 +22,10 @@ class EncoderConfig(StrictModel):
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    channels: int = Field(
+        16, gt=0, description="first conv width of the CNN encoders (lenet, resnet, cnn2d); "
+        "each later block doubles it"
+    )
     path: Path | None = None  # local model folder, for name "hf"
 
     @field_validator("name")

@@ -212,6 +212,8 @@ class VariantSummary:
     overrides: tuple[str, ...]
     modalities: list[str] | None
     fusion: str | None
+    epochs: int | None
+    warm_start: list[str] | None  # modalities whose encoder started from another checkpoint
     status: str  # "ok" | "failed" (every seed failed) | "partial" (some did)
     error: str | None
     seeds_ok: list[int]
@@ -296,27 +298,37 @@ def run_ablation(
     summaries: list[VariantSummary] = []
     total = len(variants) * len(seeds)
     for vi, variant in enumerate(variants):
-        cfg, error = None, None
-        try:
-            cfg = parse(RunConfig, apply_overrides(raw, list(variant.overrides)),
-                        source=f"{source} + variant {variant.name}")
-        except ConfigError as err:
-            error = f"ConfigError: {err}"
+        first_cfg = None
         records = []
         for si, seed in enumerate(seeds):
             run_dir = out_dir / "runs" / variant.name / f"seed{seed}"
             if progress:
                 print(f"[ablation {vi * len(seeds) + si + 1}/{total}] {variant.name} seed {seed}", flush=True)
+            cfg, error = _variant_config(raw, variant, seed, source)
+            first_cfg = first_cfg or cfg
             if cfg is None:
                 records.append(RunRecord(variant.name, seed, run_dir, "failed", error))
                 continue
             records.append(_run_one(train, cfg, seed, run_dir, variant.name, progress=progress,
                                     datasets=datasets, resume=resume))
         runs += records
-        summaries.append(_summarise(variant, cfg, records, metric))
+        summaries.append(_summarise(variant, first_cfg, records, metric))
         files = _write_tables(out_dir, summaries, runs, seeds, metric)  # per variant: a crash keeps them
     files.update(_write_plots(out_dir, summaries, runs, metric))
     return AblationResult(out_dir, metric, summaries, runs, files)
+
+
+def _variant_config(
+    raw: dict[str, Any], variant: Variant, seed: int, source: str
+) -> tuple[RunConfig | None, str | None]:
+    """The variant's config for one seed: ``{seed}`` in an override value becomes the seed, so
+    a variant can name another variant's run of the same seed (e.g. to warm-start from it)."""
+    overrides = [item.replace("{seed}", str(seed)) for item in variant.overrides]
+    try:
+        return parse(RunConfig, apply_overrides(raw, overrides),
+                     source=f"{source} + variant {variant.name}"), None
+    except ConfigError as err:
+        return None, f"ConfigError: {err}"
 
 
 def _base_raw(base: str | Path | RunConfig) -> tuple[dict[str, Any], str]:
@@ -351,8 +363,7 @@ def _run_one(
         from mmfurnace.train.checkpoint import is_checkpoint
 
         again = resume and is_checkpoint(run_dir / "last")
-        splits = _restrict(datasets, cfg.data.modalities) if datasets is not None else None
-        train(cfg, resume=again, progress=progress, datasets=splits)
+        train(cfg, resume=again, progress=progress, datasets=datasets)
         metrics = json.loads(results_path.read_text(encoding="utf-8"))
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the grid
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -368,43 +379,6 @@ def _same_config(saved: Any, cfg: RunConfig) -> bool:
     current = cfg.model_dump(mode="json")
     saved = {**saved, "train": {**saved["train"], "out_dir": current["train"]["out_dir"]}}
     return saved == current
-
-
-class _ModalityView(Dataset):
-    """A dataset seen with only ``keep`` of its modalities (its ``info`` says so too)."""
-
-    def __init__(self, dataset: Dataset, keep: Sequence[str]) -> None:
-        from dataclasses import replace
-
-        info = dataset.info
-        self.dataset, self.keep = dataset, tuple(keep)
-        self.info = replace(
-            info,
-            modalities=self.keep,
-            input_shapes={m: s for m, s in info.input_shapes.items() if m in keep},
-            input_dtypes={m: d for m, d in info.input_dtypes.items() if m in keep},
-            vocab_size=info.vocab_size if "text" in keep else None,
-        )
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        from dataclasses import replace
-
-        sample = self.dataset[index]
-        return replace(sample, inputs={m: x for m, x in sample.inputs.items() if m in self.keep})
-
-
-def _restrict(datasets: Mapping[str, Dataset], modalities: Sequence[str]) -> dict[str, Dataset]:
-    out: dict[str, Dataset] = {}
-    for split, dataset in datasets.items():
-        have = tuple(dataset.info.modalities)
-        keep = tuple(m for m in have if m in modalities)
-        if not keep:
-            raise ConfigError(f"data.modalities {list(modalities)}: the {split} dataset has only {list(have)}")
-        out[split] = dataset if keep == have else _ModalityView(dataset, keep)
-    return out
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -432,6 +406,8 @@ def _summarise(variant: Variant, cfg: RunConfig | None, records: list[RunRecord]
         overrides=variant.overrides,
         modalities=list(cfg.data.modalities) if cfg else None,
         fusion=cfg.model.fusion if cfg else None,
+        epochs=cfg.train.epochs if cfg else None,
+        warm_start=sorted(cfg.train.init_encoders) if cfg else None,
         status=status,
         error=failed[0].error if failed else None,
         seeds_ok=[r.seed for r in ok],
@@ -474,6 +450,12 @@ def _pm(mean: float | None, std: float | None) -> str:
     return "—" if mean is None else f"{mean:.4f} ± {std:.4f}"
 
 
+def _start(warm: list[str] | None) -> str:
+    if warm is None:
+        return "?"
+    return f"checkpoints ({', '.join(warm)})" if warm else "scratch"
+
+
 def _write_tables(
     out_dir: Path, summaries: list[VariantSummary], runs: list[RunRecord], seeds: list[int], metric: str
 ) -> dict[str, Path]:
@@ -483,13 +465,15 @@ def _write_tables(
         f"Seeds: {', '.join(map(str, seeds))}. Test-set metrics of each run's best checkpoint; "
         "mean ± sample std (n - 1) over the seeds that finished. Train time is the mean per run.",
         "",
-        "| variant | modalities | fusion | accuracy (mean ± std) | macro-F1 (mean ± std) | params | train time (s) | seeds ok |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | modalities | fusion | encoders start from | epochs | accuracy (mean ± std) "
+        "| macro-F1 (mean ± std) | params | train time (s) | seeds ok |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         acc = _pm(s.accuracy_mean, s.accuracy_std) if s.status != "failed" else "**failed**"
         lines.append(
-            f"| {s.name} | {', '.join(s.modalities) if s.modalities else '?'} | {s.fusion or '?'} | {acc} "
+            f"| {s.name} | {', '.join(s.modalities) if s.modalities else '?'} | {s.fusion or '?'} "
+            f"| {_start(s.warm_start)} | {s.epochs or '?'} | {acc} "
             f"| {_pm(s.macro_f1_mean, s.macro_f1_std)} | {s.params if s.params is not None else '—'} "
             f"| {_fmt(s.train_time_s, 1)} | {len(s.seeds_ok)}/{len(seeds)} |"
         )
@@ -504,7 +488,7 @@ def _write_tables(
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     csv_path = out_dir / "results.csv"
-    columns = ["variant", "status", "modalities", "fusion", "overrides", "seeds_ok",
+    columns = ["variant", "status", "modalities", "fusion", "warm_start", "epochs", "overrides", "seeds_ok",
                f"{metric}_mean", f"{metric}_std", "accuracy_mean", "accuracy_std", "macro_f1_mean",
                "macro_f1_std", "micro_f1_mean", "params", "train_time_s", "error"]
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
@@ -513,7 +497,8 @@ def _write_tables(
         for s in summaries:
             row = {
                 "variant": s.name, "status": s.status, "modalities": "+".join(s.modalities or []),
-                "fusion": s.fusion or "", "overrides": " ".join(s.overrides),
+                "fusion": s.fusion or "", "warm_start": "+".join(s.warm_start or []),
+                "epochs": s.epochs, "overrides": " ".join(s.overrides),
                 "seeds_ok": " ".join(map(str, s.seeds_ok)),
                 f"{metric}_mean": s.metric_mean, f"{metric}_std": s.metric_std,
                 "accuracy_mean": s.accuracy_mean, "accuracy_std": s.accuracy_std,

@@ -177,6 +177,41 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
         raise InputError(f"{path / WEIGHTS}: weights do not fit this model: {err}") from None
 
 
+def load_encoder_weights(model: nn.Module, modality: str, directory: str | Path) -> int:
+    """Copy the ``modality`` encoder of a checkpoint into ``model.encoders[modality]`` (a warm
+    start, e.g. from a unimodal run's ``best/``). Names and shapes must match exactly.
+
+    Returns the number of tensors copied; raises InputError naming the mismatch.
+    """
+    path = _resolve(Path(directory))
+    _read_meta(path)  # refuse anything that is not one of our checkpoints
+    prefix = f"encoders.{modality}."
+    try:
+        with safetensors.safe_open(str(path / WEIGHTS), framework="pt") as weights:
+            names = list(weights.keys())  # a safe_open handle is not iterable itself
+            source = {k[len(prefix):]: weights.get_tensor(k) for k in names if k.startswith(prefix)}
+            found = sorted({k.split(".")[1] for k in names if k.startswith("encoders.")})
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise InputError(f"{path / WEIGHTS}: cannot read weights: {err}") from None
+    if not source:
+        raise InputError(f"{path} has no {modality} encoder to start from (it has {found})")
+    target = model.encoders[modality].state_dict()
+    wrong = [
+        f"{name} {tuple(source[name].shape) if name in source else 'missing'} vs {tuple(t.shape)}"
+        for name, t in target.items()
+        if name not in source or source[name].shape != t.shape
+    ]
+    extra = sorted(set(source) - set(target))
+    if wrong or extra:
+        raise InputError(
+            f"{path}: its {modality} encoder does not fit this model's "
+            f"(checkpoint vs model: {'; '.join(wrong[:3]) or 'extra ' + ', '.join(extra[:3])}); "
+            "start from a checkpoint trained with the same model.encoders settings"
+        )
+    model.encoders[modality].load_state_dict(source)
+    return len(source)
+
+
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model a checkpoint was trained as (from its config + DatasetInfo), load it.
 

@@ -25,6 +25,11 @@ class TrainConfig(StrictModel):
         description="per-modality probability of marking it absent in a training row "
         "(a row never loses all of its modalities)",
     )
+    init_encoders: dict[Modality, Path] = Field(
+        default_factory=dict,
+        description="modality -> checkpoint folder whose encoder of that modality starts this "
+        "run (e.g. a unimodal run's best/); the fusion and head start fresh",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_checkpointing: bool = False
     clip_grad_norm: float | None = Field(1.0, gt=0)

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from mmfurnace.data.batch import Batch
 from mmfurnace.data.datasets import build_dataset
 from mmfurnace.data.loader import make_loader
+from mmfurnace.data.subset import restrict_modalities
 from mmfurnace.errors import ConfigError, InputError
 from mmfurnace.models import build_model
 from mmfurnace.threads import torch_threads
@@ -40,6 +41,7 @@ from mmfurnace.train.checkpoint import (
     capture_rng_states,
     is_checkpoint,
     load_checkpoint,
+    load_encoder_weights,
     load_weights,
     restore_rng_states,
     save_checkpoint,
@@ -116,7 +118,8 @@ def train(
               data order); without it an ``out_dir`` that already holds a run is refused.
     progress: show a progress bar (rank 0 only).
     datasets: pre-built datasets by split ("train", "valid" required, "test" optional) instead
-              of building them from ``cfg.data``; each yields Samples and has ``.info``.
+              of building them from ``cfg.data``; each yields Samples and has ``.info``, and
+              is seen with only the modalities in ``cfg.data.modalities``.
               Used by tests and by callers that hold their data in memory.
     """
     env = read_env()
@@ -147,6 +150,7 @@ def _train(
     # --- data -------------------------------------------------------------------------------
     splits = datasets if datasets is not None else {s: build_dataset(cfg.data, s) for s in SPLITS}
     _check_splits(splits)
+    splits = restrict_modalities(splits, cfg.data.modalities)
     info = splits["train"].info
     modalities = list(info.modalities)  # what the dataset has of cfg.data.modalities
     _check_modality_dropout(tc.modality_dropout, modalities)
@@ -161,6 +165,7 @@ def _train(
 
     # --- model, optimiser, schedule, precision ---------------------------------------------
     model = build_model(cfg.model, info, modalities=modalities).to(device)
+    _init_encoders(model, tc.init_encoders, modalities)
     model.set_grad_checkpointing(tc.grad_checkpointing)  # encoders (and attention fusion)
     steps_per_epoch = len(train_loader)
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -309,6 +314,20 @@ def train_step(
     scaler.update()
     scheduler.step()
     return parts
+
+
+def _init_encoders(model: nn.Module, sources: dict[str, Path], modalities: list[str]) -> None:
+    """Warm-start encoders from other runs' checkpoints (before a resume overwrites them)."""
+    unused = sorted(set(sources) - set(modalities))
+    if unused:
+        raise ConfigError(
+            f"train.init_encoders names {unused}, which this run does not use ({modalities})"
+        )
+    for modality, directory in sources.items():
+        try:
+            load_encoder_weights(model, modality, directory)
+        except InputError as err:
+            raise ConfigError(f"train.init_encoders.{modality}: {err}") from None
 
 
 def _loader(cfg: RunConfig, dataset: Dataset, modalities: list[str], pin: bool, **kwargs: Any):

@@ -26,6 +26,7 @@ def test_student_config_scales_widths_and_swaps_fusion(trained):
     assert cfg.fusion == "late"
     assert all(e.dim == 8 and e.layers == 1 for e in cfg.encoders.values())
     assert cfg.encoders["text"].dim % cfg.encoders["text"].heads == 0
+    assert cfg.encoders["image"].channels == meta.config.model.encoders["image"].channels // 2
     custom = student_config(meta.config.model, DistillConfig(student={"fusion": "early", "encoders": {"image": {"dim": 4}}}))
     assert custom.fusion == "early"
     assert custom.encoders["image"].dim == 4

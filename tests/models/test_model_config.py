@@ -94,3 +94,19 @@ def test_builder_errors_name_the_config_field() -> None:
     model = build_model(mmimdb, info)
     assert model.multilabel
     assert model.modalities == ["image", "text"]
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet"])
+def test_conv_width_comes_from_the_encoder_config(name: str) -> None:
+    from mmfurnace.models.builders import build_encoder
+
+    info = DatasetInfo(modalities=("image",), num_classes=2, multilabel=False, class_names=("a", "b"),
+                       input_shapes={"image": (1, 8, 8)}, input_dtypes={"image": "float32"})
+    narrow = build_encoder("image", EncoderConfig(name=name, channels=4), info)
+    wide = build_encoder("image", EncoderConfig(name=name), info)
+    assert narrow.stem[0].out_channels == 4
+    assert wide.stem[0].out_channels == 16
+    assert narrow.proj.in_features == 4 * 2 ** 2  # two blocks, each doubling the width
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in wide.parameters())
+    with pytest.raises(ValueError, match="channels"):
+        EncoderConfig(name=name, channels=0)

@@ -144,10 +144,10 @@ def test_ablation_aggregates_seeds_from_results_json(ablation):
         assert float(rows[name]["accuracy_std"]) == pytest.approx(statistics.stdev(accs))
         line = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[1:4] == ["audio, image, text", fusion,
+        assert cells[1:6] == ["audio, image, text", fusion, "scratch", "1",
                               f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"]
-        assert cells[5] == str(per_seed[0]["params"])
-        assert cells[7] == "2/2"
+        assert cells[7] == str(per_seed[0]["params"])
+        assert cells[9] == "2/2"
 
 
 @pytest.mark.slow
@@ -165,7 +165,7 @@ def test_ablation_records_failed_variants_and_goes_on(ablation):
     statuses = {(r.variant, r.seed): r.status for r in result.runs}
     assert statuses[("fusion=early", 1)] == "ok"  # variants after a failure still ran
     md = (out / "results.md").read_text()
-    assert "| typo | ? | ? | **failed** |" in md
+    assert "| typo | ? | ? | ? | ? | **failed** |" in md
     assert "## Failed runs" in md
     rows = {r["variant"]: r for r in csv.DictReader((out / "results.csv").open())}
     assert rows["typo"]["status"] == "failed"
@@ -203,13 +203,13 @@ def test_ablation_writes_plots_and_reuses_finished_runs(ablation, tmp_path):
 
 
 def test_modality_subset_restricts_injected_datasets(tmp_path):
-    from mmfurnace.train.ablation import _restrict
+    from mmfurnace.data.subset import restrict_modalities
 
-    splits = _restrict(tiny_datasets(6, 3, 3), ["image"])
+    splits = restrict_modalities(tiny_datasets(6, 3, 3), ["image"])
     assert splits["train"].info.modalities == ("image",)
     assert all(set(splits["train"][i].inputs) <= {"image"} for i in range(6))
     with pytest.raises(ConfigError, match="has only"):
-        _restrict(tiny_datasets(6, 3, 3), [])
+        restrict_modalities(tiny_datasets(6, 3, 3), [])
 
 
 def test_bad_arguments_and_yaml_base_fail_before_training(tmp_path):

@@ -72,10 +72,12 @@ def cnn2d(
     dim: int = 64,
     layers: int = 2,
     dropout: float = 0.1,
+    channels: int = 16,
     **_: object,
 ) -> CNN2dEncoder:
     if len(input_shape) != 2:
         raise ConfigError(
             f"encoder 'cnn2d' needs inputs shaped (frames, features), got {input_shape}"
         )
-    return CNN2dEncoder(dim=dim, layers=layers, dropout=dropout)
+    return CNN2dEncoder(dim=dim, layers=layers, dropout=dropout,
+                        channels=channels)

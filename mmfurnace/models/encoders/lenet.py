@@ -63,6 +63,7 @@ def lenet(
     dim: int = 64,
     layers: int = 2,
     dropout: float = 0.1,
+    channels: int = 16,
     **_: object,
 ) -> LeNetEncoder:
     if len(input_shape) != 3 or input_shape[0] is None:
@@ -70,4 +71,5 @@ def lenet(
             f"encoder 'lenet' needs images shaped (channels, height, width), got {input_shape}; "
             "use encoder 'mlp' for feature vectors"
         )
-    return LeNetEncoder(in_channels=input_shape[0], dim=dim, layers=layers, dropout=dropout)
+    return LeNetEncoder(in_channels=input_shape[0], dim=dim, layers=layers, dropout=dropout,
+                        channels=channels)

@@ -81,6 +81,7 @@ def resnet(
     dim: int = 64,
     layers: int = 2,
     dropout: float = 0.1,
+    channels: int = 16,
     **_: object,
 ) -> ResNetEncoder:
     if len(input_shape) != 3 or input_shape[0] is None:
@@ -88,4 +89,5 @@ def resnet(
             f"encoder 'resnet' needs images shaped (channels, height, width), got {input_shape}; "
             "use encoder 'mlp' for feature vectors"
         )
-    return ResNetEncoder(in_channels=input_shape[0], dim=dim, layers=layers, dropout=dropout)
+    return ResNetEncoder(in_channels=input_shape[0], dim=dim, layers=layers, dropout=dropout,
+                        channels=channels)
