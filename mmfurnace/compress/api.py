@@ -36,6 +36,7 @@ from mmfurnace.compress.report import append_report
 from mmfurnace.compress.runners import TorchPredictor
 from mmfurnace.data.batch import Batch
 from mmfurnace.errors import InputError
+from mmfurnace.threads import torch_threads
 
 
 @dataclass
@@ -84,14 +85,16 @@ def compress(
     options: the method's config fields (e.g. ``sparsity=0.5``, ``calibration="entropy"``;
     ``finetune_epochs``/``lr``/``max_steps`` set the fine-tune). data_cfg: the data section
     to read (default: the checkpoint's); datasets: pre-built splits ("train", "valid",
-    optional "test") instead. threads: intra-op threads for both backends (default: torch's).
+    optional "test") instead. threads: intra-op threads for the method's own work (fine-tuning,
+    calibration) and for both backends while measuring (default: torch's).
     rounds / latency_samples / throughput_batch: see :func:`measure_variants`.
     Raises ConfigError for an unknown method or option, InputError for a directory that is
     not an mmfurnace checkpoint.
     """
     config = method_config(method, options)  # a typo fails before anything is loaded
     ctx = prepare(checkpoint_dir, out_dir=out_dir, data_cfg=data_cfg, datasets=datasets, threads=threads)
-    variants = METHODS[method].run(ctx, config)
+    with torch_threads(threads):  # fine-tuning small models: see TrainConfig.threads
+        variants = METHODS[method].run(ctx, config)
     rows = measure_variants(ctx, parents(ctx, {v.backend for v in variants}) + variants, rounds=rounds,
                             latency_samples=latency_samples, throughput_batch=throughput_batch)
     for row in rows:

@@ -248,7 +248,8 @@ class DistillConfig:
     + feature_weight * mean MSE(proj(student feature), teacher feature)`` over each modality's
     pooled embedding and the fused vector (learned linear projections where widths differ;
     the fused term is skipped when the student's fusion is "late", whose fused vector is
-    already logits).
+    already logits) + ``unimodal_weight`` * mean task loss of each per-modality head, for
+    students whose fusion has them ("late"), so every branch learns, not only the easiest.
     """
 
     student: dict[str, Any] | None = None
@@ -258,6 +259,7 @@ class DistillConfig:
     temperature: float = 4.0
     alpha: float = 0.7
     feature_weight: float = 1.0
+    unimodal_weight: float = 1.0
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=10, lr=3e-3))
 
     def __post_init__(self) -> None:
@@ -265,6 +267,7 @@ class DistillConfig:
         _range("DistillConfig", "temperature", self.temperature, lo=0.0, lo_open=True)
         _range("DistillConfig", "alpha", self.alpha, lo=0.0, hi=1.0)
         _range("DistillConfig", "feature_weight", self.feature_weight, lo=0.0)
+        _range("DistillConfig", "unimodal_weight", self.unimodal_weight, lo=0.0)
         if self.layers is not None:
             _positive_int("DistillConfig", "layers", self.layers)
         if self.fusion is not None:

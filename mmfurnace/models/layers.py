@@ -24,6 +24,18 @@ class ChannelNorm(nn.LayerNorm):
     absent rows cannot change the features of real ones."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and x.shape[1] <= 8:
+            # Narrow image-like maps: reduce over axis 1 in place of permute + layer_norm (the
+            # same numbers to 2e-6). A layer norm over a last axis of a few channels at
+            # hundreds of positions is per-row overhead: ONNX Runtime ran (32, 4, 28, 28) 4.3x
+            # faster this way. Wider maps keep the layer norm: there the gain was small in
+            # FP32, and in INT8 graphs the extra ops pushed the pools out of ORT's quantized
+            # NHWC path (static INT8 of the demo model fell from 1.34x to 1.11x over FP32).
+            # Sequences (batch, channels, frames) keep it too: it was faster for them.
+            mean = x.mean(1, keepdim=True)
+            centred = x - mean
+            scale = torch.rsqrt(centred.pow(2).mean(1, keepdim=True) + self.eps)
+            return centred * scale * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         # explicit non-negative permutations: the ONNX exporter writes movedim(-1, 1) as an
         # invalid Transpose perm
         last = x.dim() - 1

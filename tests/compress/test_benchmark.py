@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from mmfurnace.data.cache import write_packed
+from tests.benchmark_scripts import load_benchmark
 from tests.compress.tinydata import INFO, tiny_splits
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compression.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("compression_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compression")
 
 
 def test_method_specs_parse():

@@ -8,6 +8,7 @@ import torch
 from mmfurnace.compress import DistillConfig, FinetuneConfig
 from mmfurnace.compress.distill import DistillLoss, distill, soft_target_loss, student_config
 from mmfurnace.compress.measure import count_params
+from mmfurnace.errors import ConfigError
 from mmfurnace.models import build_model
 from mmfurnace.train.checkpoint import load_model
 from tests.compress.tinydata import INFO
@@ -54,3 +55,30 @@ def test_feature_projections_map_student_widths_to_the_teacher(trained):
     assert loss.proj["image"].weight.shape == (16, 8)
     late = build_model(student_config(meta.config.model, DistillConfig(width=0.5, fusion="late")), INFO)
     assert "fused" not in DistillLoss(teacher, late, config, multilabel=False).proj  # late: fused = logits
+
+
+def test_unimodal_term_trains_every_branch_of_a_late_student(trained, train_loader):
+    teacher, meta = load_model(trained)
+    config = DistillConfig(width=0.5, fusion="late", unimodal_weight=1.0)
+    torch.manual_seed(0)
+    student = build_model(student_config(meta.config.model, config), INFO).eval()  # no dropout
+    batch = next(iter(train_loader))
+    with_term = DistillLoss(teacher, student, config, multilabel=False)
+    without = DistillLoss(teacher, student, DistillConfig(width=0.5, fusion="late", unimodal_weight=0.0),
+                          multilabel=False)
+    without.proj.load_state_dict(with_term.proj.state_dict())  # same feature projections
+    out = student(batch.inputs, batch.present, batch.padding)
+    expected = with_term.unimodal_loss(out.unimodal_logits, batch)
+    by_hand = torch.stack([
+        torch.nn.functional.cross_entropy(out.unimodal_logits[m][batch.present[m]], batch.labels[batch.present[m]])
+        for m in sorted(out.unimodal_logits)
+    ]).mean()
+    torch.testing.assert_close(expected, by_hand)
+    difference = float(with_term(student, batch) - without(student, batch))
+    torch.testing.assert_close(torch.tensor(difference), expected.detach(), rtol=1e-4, atol=1e-5)
+    student.zero_grad()  # the unimodal term alone reaches every modality's encoder
+    with_term.unimodal_loss(student(batch.inputs, batch.present, batch.padding).unimodal_logits, batch).backward()
+    grads = {m: student.encoders[m].parameters().__next__().grad for m in student.modalities}
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in grads.values())
+    with pytest.raises(ConfigError, match="unimodal_weight"):
+        DistillConfig(unimodal_weight=-1.0)

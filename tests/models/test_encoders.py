@@ -26,6 +26,7 @@ CASES = {
     "transformer": (dict(vocab_size=50, heads=2), lambda: torch.randint(1, 50, (B, 7)), True, 7),
     "mlp": (dict(input_shape=(4096,)), lambda: torch.randn(B, 4096), None, 1),
     "mlp-seq": (dict(input_shape=(None, 30)), lambda: torch.randn(B, 5, 30), True, 5),
+    "mlp-image": (dict(input_shape=(1, 12, 12)), lambda: torch.randn(B, 1, 12, 12), None, 1),
 }
 
 
@@ -134,3 +135,13 @@ def test_wrong_input_rank_is_an_input_error() -> None:
 def test_encoder_builders_reject_unfit_inputs(name: str, kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         ENCODERS[name](dim=16, **kwargs)
+
+
+def test_mlp_on_an_image_is_the_mlp_on_its_flattened_pixels() -> None:
+    image = build("mlp", input_shape=(1, 12, 12))
+    flat = build("mlp", input_shape=(144,))
+    flat.load_state_dict(image.state_dict())
+    x = torch.randn(B, 1, 12, 12)
+    torch.testing.assert_close(image(x).pooled, flat(x.flatten(1)).pooled)
+    with pytest.raises(ConfigError, match=r"\(channels, height, width\)"):
+        build("mlp", input_shape=(None, 12, 12))

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
-
-
-def _load_main():
-    spec = importlib.util.spec_from_file_location("train_throughput_bench", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+from tests.benchmark_scripts import load_benchmark
 
 
 @pytest.mark.slow
 def test_train_throughput_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "train_throughput.json"
-    main = _load_main()
+    main = load_benchmark("train_throughput").main
     assert main(["--tiny", "--steps", "3", "--warmup", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     variants = result["variants"]

@@ -1,6 +1,9 @@
-"""Encoder "mlp": for precomputed features of any modality, (batch, F) or (batch, seq, F)."""
+"""Encoder "mlp": for precomputed features of any modality, (batch, F) or (batch, seq, F), and
+for small images as flattened pixels (batch, C, H, W) -- MultiBench's MLP baselines."""
 
 from __future__ import annotations
+
+import math
 
 from torch import Tensor, nn
 
@@ -12,7 +15,7 @@ from mmfurnace.models.registry import ENCODERS
 
 class MLPEncoder(nn.Module):
     """``layers`` Linear-GELU-Dropout blocks applied to each feature vector, then LayerNorm.
-    A flat (batch, F) input is a sequence of one token."""
+    A flat (batch, F) input, or an image flattened to one, is a sequence of one token."""
 
     def __init__(
         self, *, in_features: int, dim: int = 64, layers: int = 2, dropout: float = 0.1
@@ -33,7 +36,9 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
         """x (batch, F) or (batch, seq, F), padding (batch, seq) True=real -> (batch, seq|1, dim)."""
-        check_rank("mlp", x, (2, 3), "(batch, features) or (batch, seq, features)")
+        check_rank("mlp", x, (2, 3, 4), "(batch, features), (batch, seq, features) or an image")
+        if x.dim() == 4:  # (batch, channels, height, width): one token of all its pixels
+            x = x.flatten(1)
         h = x.unsqueeze(1) if x.dim() == 2 else x
         for block in self.blocks:
             h = run_block(block, h, checkpointing=self.grad_checkpointing)
@@ -51,8 +56,11 @@ def mlp(
     dropout: float = 0.1,
     **_: object,
 ) -> MLPEncoder:
+    if len(input_shape) == 3 and None not in input_shape:  # an image: its pixels, flattened
+        return MLPEncoder(in_features=math.prod(input_shape), dim=dim, layers=layers, dropout=dropout)
     if len(input_shape) not in (1, 2) or input_shape[-1] is None:
         raise ConfigError(
-            f"encoder 'mlp' needs inputs shaped (features,) or (seq, features), got {input_shape}"
+            "encoder 'mlp' needs inputs shaped (features,), (seq, features) or "
+            f"(channels, height, width), got {input_shape}"
         )
     return MLPEncoder(in_features=input_shape[-1], dim=dim, layers=layers, dropout=dropout)
