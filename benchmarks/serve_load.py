@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--preprocess-workers", type=int, default=2)
     p.add_argument("--ort-threads", type=int, default=1, help="intra-op threads per ONNX Runtime session")
-    p.add_argument("--preprocess-mode", choices=("thread", "process"), default="thread")
+    p.add_argument("--preprocess-mode", choices=("thread", "process"), default="process")
     p.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp", help="load generator's HTTP client")
     p.add_argument("--preprocess-only", action="store_true", help="only measure threads vs processes")
     p.add_argument("--no-engine-level", action="store_true", help="skip the same variants without HTTP")

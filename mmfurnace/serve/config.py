@@ -139,7 +139,7 @@ class ServeConfig(StrictModel):
     max_inflight_batches: int = Field(2, gt=0, le=64)
     request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
     preprocess_workers: int = Field(2, gt=0, le=256)
-    preprocess_mode: Literal["thread", "process"] = "thread"
+    preprocess_mode: Literal["thread", "process"] = "process"
     stages: dict[Modality, StageConfig] = Field(default_factory=dict)
     fusion: StageConfig = Field(default_factory=StageConfig)
     whole: StageConfig = Field(default_factory=StageConfig)

@@ -1,17 +1,20 @@
 """Raw request inputs -> model input arrays, in a worker pool (threads or processes).
 
 Threads vs processes — measured by ``benchmarks/serve_load.py`` on the 2-core CPU box this
-project is developed on (shared, load average 7-9 during the runs), digits-av-like samples
-(28x28 PNG, 0.8 s 16 kHz WAV -> MFCC, short text), 2 workers, torch at 1 intra-op thread:
-  * the pool alone, 64 rows in flight, pools taking turns: threads 734 rows/s, processes
-    667 rows/s (median of 3 rounds each), plus 6.7 s to start the process workers;
-  * the whole HTTP server, variant (d) at 64 clients, run back to back twice:
-    threads 50 and 63 req/s, processes 26 and 24 req/s.
-Threads are the default: every heavy step releases the GIL (Pillow's decoder, libsndfile,
-torch's STFT/matmul, the Rust tokenizer), so two threads already use both cores, while
-processes pay pickling of every request's bytes and result arrays, compete with the server
-for the same cores, and each hold their own copy of torch. Processes remain selectable
-(``preprocess_mode: process``) for preprocessing that holds the GIL.
+project is developed on, digits-av samples (28x28 PNG, 1 s 16 kHz WAV -> MFCC, short text),
+2 workers, torch at 1 intra-op thread, the demo's cross-attention model:
+  * quiet machine (load average < 1), aiohttp load generator: the pool alone, 64 rows in
+    flight, pools taking turns: threads 520 rows/s, processes 990 rows/s (1.5 s start-up);
+    over HTTP at 64 clients, variants (b)/(c)/(d): threads 226/261/172 req/s, processes
+    369/390/308 req/s;
+  * an earlier run on a loaded machine (load average 7-9, httpx load generator) had threads
+    ahead: pool 734 vs 667 rows/s, HTTP (d) 50-63 vs 24-26 req/s.
+Processes are the default, because they measured faster where the benchmark is meant to run
+(a machine not busy with other work). The likely reason: the decoders release the GIL only in
+parts (the Python around Pillow, libsndfile, torch and the tokenizer holds it), and the event
+loop, the batchers and uvicorn share that interpreter, while a worker process has its own and
+its pickling of bytes in and arrays out is cheap next to an MFCC. On a machine saturated by
+other work, threads cost less (no extra interpreters): ``preprocess_mode: thread``.
 
 A row's raw inputs are: image -> encoded file bytes, audio -> audio file bytes, text -> str or
 UTF-8 bytes; a preprocessed numpy array passes through untouched. Outputs per modality:
