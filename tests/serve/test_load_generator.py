@@ -1,0 +1,44 @@
+"""benchmarks/serve_load.py's load generator against a live server: both HTTP clients send
+real multipart requests and read the per-stage timings back; the ceiling probe answers too."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mmfurnace.serve.config import ServeConfig
+from mmfurnace.serve.engine import InferenceEngine
+from mmfurnace.serve.server import BackgroundServer
+from tests.benchmark_scripts import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def server(export_dir):
+    with BackgroundServer(InferenceEngine.from_export(export_dir, ServeConfig(max_wait_ms=5))) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+def test_load_generator_counts_every_request_and_reads_stage_timings(server, samples, client) -> None:
+    pytest.importorskip(client)
+    bench = load_benchmark("serve_load")
+    result = asyncio.run(bench._load(server.url, samples, clients=3, requests=9, seconds=30, client_name=client))
+    assert result["requests"] == 9
+    assert result["statuses"] == {"200": 9}
+    assert result["throughput_rps"] > 0
+    assert result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
+    assert {"preprocess", "total"} <= set(result["stages_mean_ms"])
+
+
+def test_ceiling_probe_does_no_model_work(server, samples) -> None:
+    bench = load_benchmark("serve_load")
+    batches = {stage: server.engine.metrics.batch_summary(stage)["batches"] for stage in ("encoder_image", "fusion_head")}
+    result = asyncio.run(bench._load(server.url, samples, clients=2, requests=6, seconds=30, probe=True))
+    assert result["statuses"] == {"200": 6}
+    assert result["stages_mean_ms"] == {}  # health checks carry no timings
+    for stage, before in batches.items():
+        assert server.engine.metrics.batch_summary(stage)["batches"] == before
+    asyncio.run(bench._load(server.url, samples[:1], clients=1, requests=1, seconds=30))  # a real one
+    for stage, before in batches.items():
+        assert server.engine.metrics.batch_summary(stage)["batches"] > before
