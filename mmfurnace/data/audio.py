@@ -8,6 +8,7 @@ scale and normalisation, periodic Hann window, centred frames with zero padding,
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import numbers
@@ -166,6 +167,13 @@ def mel_filterbank(
             f"mel filter bank needs 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, "
             f"f_max={f_max}, sample_rate={sample_rate}"
         )
+    return _mel_filterbank(int(sample_rate), int(n_fft), int(n_mels), float(f_min), f_max).clone()
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> Tensor:
+    # Cached: building it took about a fifth of one clip's MFCC time (0.25 of 1.2 ms) when
+    # a server computes features one request at a time.
     fft_freqs = torch.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1, dtype=torch.float64)
     mels = torch.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
     mel_f = _mel_to_hz(mels)
@@ -247,12 +255,17 @@ def log_mel_spectrogram(
 
 def _dct_matrix(n_mels: int, n_mfcc: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Orthonormal DCT-II basis (n_mels, n_mfcc), as scipy.fft.dct(norm="ortho")."""
+    return _dct_basis(n_mels, n_mfcc).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _dct_basis(n_mels: int, n_mfcc: int) -> Tensor:
     n = torch.arange(n_mels, dtype=torch.float64)
     k = torch.arange(n_mfcc, dtype=torch.float64)
     basis = torch.cos(math.pi / n_mels * (n[:, None] + 0.5) * k[None, :])
     basis *= math.sqrt(2.0 / n_mels)
     basis[:, 0] *= 1.0 / math.sqrt(2.0)
-    return basis.to(device=device, dtype=dtype)
+    return basis
 
 
 def mfcc(
