@@ -147,7 +147,7 @@ def ablate_cmd(
 def demo_cmd(
     report: Annotated[Path, typer.Option(help="Report folder")] = Path("report"),
     data_root: Annotated[Path, typer.Option(help="Where the built-in dataset lives")] = Path("data/digits-av"),
-    epochs: Annotated[int, typer.Option(help="Epochs of each unimodal baseline run")] = 16,
+    epochs: Annotated[int, typer.Option(help="Epochs of each unimodal baseline run")] = 12,
     fusion_epochs: Annotated[int, typer.Option(help="Epochs of each fusion run (warm-started)")] = 5,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds for the fusion table")] = "0,1,2",
     skip: Annotated[Optional[list[str]], typer.Option(help="Steps to skip (repeatable)")] = None,  # noqa: UP045
