@@ -596,8 +596,10 @@ def profile_checkpoint(
                                    modalities=modalities)
     else:
         from mmfurnace.data.datasets import build_dataset
+        from mmfurnace.data.info import check_same_data
 
         dataset = build_dataset(data_cfg, split)
+        check_same_data(info, dataset.info, where=f"the {split} split at {data_cfg.root}")
     pin = data_cfg.pin_memory if data_cfg.pin_memory is not None else torch.device(device).type == "cuda"
     loader = make_loader(dataset, modalities=modalities, batch_size=data_cfg.batch_size, shuffle=True,
                          num_workers=data_cfg.num_workers, prefetch_factor=data_cfg.prefetch_factor, pin_memory=pin)

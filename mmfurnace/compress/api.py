@@ -35,6 +35,7 @@ from mmfurnace.compress.methods import METHODS
 from mmfurnace.compress.report import append_report
 from mmfurnace.compress.runners import TorchPredictor
 from mmfurnace.data.batch import Batch
+from mmfurnace.data.info import check_same_data
 from mmfurnace.errors import InputError
 from mmfurnace.threads import torch_threads
 
@@ -132,6 +133,9 @@ def prepare(checkpoint_dir: str | Path, *, out_dir: str | Path, data_cfg: Any | 
     missing = [s for s in ("train", "valid") if s not in splits]
     if missing:
         raise InputError(f"compress needs the {' and '.join(missing)} split(s) of the data")
+    for split, dataset in splits.items():
+        if hasattr(dataset, "info"):
+            check_same_data(meta.info, dataset.info, where=f"the {split} split")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return Context(model, meta, splits, out_dir, threads=threads, batch_size=meta.config.data.batch_size,

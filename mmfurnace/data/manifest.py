@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mmfurnace.data.batch import Sample
-from mmfurnace.data.info import DatasetInfo
+from mmfurnace.data.info import TOKENIZER_KEY, DatasetInfo, tokenizer_fingerprint
 from mmfurnace.errors import InputError
 from mmfurnace.modalities import MODALITIES, SEQUENCE_MODALITIES
 
@@ -319,8 +319,15 @@ class ManifestDataset(Dataset):
             input_shapes=shapes,
             input_dtypes=dtypes,
             vocab_size=vocab if "text" in self.modalities else None,
-            extra={"source": "manifest", "manifest": str(self.path)},
+            extra={"source": "manifest", "manifest": str(self.path), **_tokenizer_extra(self.preprocessors.get("text"))},
         )
+
+
+def _tokenizer_extra(pre: object) -> dict[str, str]:
+    tokenizer = getattr(pre, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "to_str"):
+        return {}
+    return {TOKENIZER_KEY: tokenizer_fingerprint(tokenizer.to_str())}
 
 
 def _vocab_size(pre: object) -> int | None:

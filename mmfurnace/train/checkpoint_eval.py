@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfurnace.data.datasets import build_dataset
+from mmfurnace.data.info import check_same_data
 from mmfurnace.data.loader import make_loader
 from mmfurnace.threads import torch_threads
 from mmfurnace.train.checkpoint import load_model
@@ -56,7 +57,9 @@ def _evaluate(
     cfg = parse(RunConfig, apply_overrides(meta.config.model_dump(mode="json"), list(overrides)),
                 source="overrides")
     modalities = list(model.modalities)
-    loader = make_loader(build_dataset(cfg.data, split), modalities=modalities,
+    dataset = build_dataset(cfg.data, split)
+    check_same_data(meta.info, dataset.info, where=f"the {split} split at {cfg.data.root}")
+    loader = make_loader(dataset, modalities=modalities,
                          batch_size=cfg.data.batch_size, shuffle=False,
                          num_workers=cfg.data.num_workers, seed=seed)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "split": split,

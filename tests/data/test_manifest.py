@@ -13,6 +13,7 @@ from PIL import Image
 
 from mmfurnace.data.config import DataConfig
 from mmfurnace.data.datasets import build_dataset
+from mmfurnace.data.info import TOKENIZER_KEY, tokenizer_fingerprint
 from mmfurnace.data.loader import make_loader
 from mmfurnace.data.manifest import ManifestDataset, read_manifest
 from mmfurnace.errors import InputError
@@ -232,3 +233,7 @@ def test_build_dataset_with_text(folder: Path) -> None:
     )
     assert "text" not in build_dataset(cfg, "valid")[0].inputs
     assert path.exists()
+    # the info names the vocabulary that made the token ids, so a model can refuse other ones
+    fingerprint = tokenizer_fingerprint(train.preprocessors["text"].tokenizer.to_str())
+    assert train.info.extra[TOKENIZER_KEY] == fingerprint
+    assert test.info.extra[TOKENIZER_KEY] == fingerprint
