@@ -143,5 +143,9 @@ def test_mlp_on_an_image_is_the_mlp_on_its_flattened_pixels() -> None:
     flat.load_state_dict(image.state_dict())
     x = torch.randn(B, 1, 12, 12)
     torch.testing.assert_close(image(x).pooled, flat(x.flatten(1)).pooled)
+    with pytest.raises(InputError, match=r"mlp.*\(batch, channels, height, width\)"):
+        image(x.flatten(1))
+    with pytest.raises(InputError, match=r"mlp.*\(batch, features\)"):
+        flat(x)
     with pytest.raises(ConfigError, match=r"\(channels, height, width\)"):
         build("mlp", input_shape=(None, 12, 12))

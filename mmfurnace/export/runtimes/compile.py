@@ -21,6 +21,7 @@ from mmfurnace.export.runtimes.torch_common import (
     outputs_to_numpy,
     resolve_device,
     to_tensors,
+    torch_description,
 )
 from mmfurnace.threads import torch_threads
 
@@ -83,9 +84,7 @@ class CompileRuntime(Runtime):
 
     def _describe(self) -> dict[str, Any]:
         return {
-            "version": torch.__version__,
-            "device": str(self.device),
-            "threads": self.threads or torch.get_num_threads(),
+            **torch_description(self.device, self.threads),
             "compile_backend": self.backend,
             "compile_mode": self.mode,
             "dynamic": self.dynamic,

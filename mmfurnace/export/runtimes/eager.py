@@ -18,6 +18,7 @@ from mmfurnace.export.runtimes.torch_common import (
     outputs_to_numpy,
     resolve_device,
     to_tensors,
+    torch_description,
 )
 from mmfurnace.threads import torch_threads
 
@@ -60,9 +61,7 @@ class EagerRuntime(Runtime):
 
     def _describe(self) -> dict[str, Any]:
         return {
-            "version": torch.__version__,
-            "device": str(self.device),
-            "threads": self.threads or torch.get_num_threads(),
+            **torch_description(self.device, self.threads),
             "precision_mode": "half weights"
             if self.half_weights
             else ("autocast" if self.precision != "fp32" else "fp32"),

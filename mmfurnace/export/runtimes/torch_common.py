@@ -17,6 +17,11 @@ from mmfurnace.export.wrappers import wrap_graph
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def torch_description(device: torch.device, threads: int | None) -> dict[str, Any]:
+    """What every PyTorch runtime reports: torch's version, its device and its threads."""
+    return {"version": torch.__version__, "device": str(device), "threads": threads or torch.get_num_threads()}
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -11,7 +11,12 @@ import torch
 
 from mmfurnace.export.runtimes.base import Runtime, wrap_engine_error
 from mmfurnace.export.runtimes.registry import RUNTIMES
-from mmfurnace.export.runtimes.torch_common import outputs_to_numpy, resolve_device, to_tensors
+from mmfurnace.export.runtimes.torch_common import (
+    outputs_to_numpy,
+    resolve_device,
+    to_tensors,
+    torch_description,
+)
 from mmfurnace.threads import torch_threads
 
 
@@ -43,8 +48,6 @@ class TorchScriptRuntime(Runtime):
 
     def _describe(self) -> dict[str, Any]:
         return {
-            "version": torch.__version__,
-            "device": str(self.device),
-            "threads": self.threads or torch.get_num_threads(),
+            **torch_description(self.device, self.threads),
             "file": self.path.name,
         }

@@ -18,9 +18,11 @@ class MLPEncoder(nn.Module):
     A flat (batch, F) input, or an image flattened to one, is a sequence of one token."""
 
     def __init__(
-        self, *, in_features: int, dim: int = 64, layers: int = 2, dropout: float = 0.1
+        self, *, in_features: int, dim: int = 64, layers: int = 2, dropout: float = 0.1,
+        images: bool = False,
     ) -> None:
         super().__init__()
+        self.images = images  # built for (batch, C, H, W) pixels rather than feature vectors
         self.blocks = nn.ModuleList(
             nn.Sequential(
                 nn.Linear(in_features if i == 0 else dim, dim), nn.GELU(), nn.Dropout(dropout)
@@ -36,9 +38,11 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
         """x (batch, F) or (batch, seq, F), padding (batch, seq) True=real -> (batch, seq|1, dim)."""
-        check_rank("mlp", x, (2, 3, 4), "(batch, features), (batch, seq, features) or an image")
-        if x.dim() == 4:  # (batch, channels, height, width): one token of all its pixels
-            x = x.flatten(1)
+        if self.images:
+            check_rank("mlp", x, (4,), "(batch, channels, height, width)")
+            x = x.flatten(1)  # one token of all its pixels
+        else:
+            check_rank("mlp", x, (2, 3), "(batch, features) or (batch, seq, features)")
         h = x.unsqueeze(1) if x.dim() == 2 else x
         for block in self.blocks:
             h = run_block(block, h, checkpointing=self.grad_checkpointing)
@@ -57,7 +61,8 @@ def mlp(
     **_: object,
 ) -> MLPEncoder:
     if len(input_shape) == 3 and None not in input_shape:  # an image: its pixels, flattened
-        return MLPEncoder(in_features=math.prod(input_shape), dim=dim, layers=layers, dropout=dropout)
+        return MLPEncoder(in_features=math.prod(input_shape), dim=dim, layers=layers, dropout=dropout,
+                          images=True)
     if len(input_shape) not in (1, 2) or input_shape[-1] is None:
         raise ConfigError(
             "encoder 'mlp' needs inputs shaped (features,), (seq, features) or "

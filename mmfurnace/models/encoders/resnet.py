@@ -90,4 +90,4 @@ def resnet(
             "use encoder 'mlp' for feature vectors"
         )
     return ResNetEncoder(in_channels=input_shape[0], dim=dim, layers=layers, dropout=dropout,
-                        channels=channels)
+                         channels=channels)
