@@ -46,17 +46,30 @@ def profile_ops(export_dir: Path, batch: Any, runs: int) -> dict[str, Any]:
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
     by_op: collections.Counter[str] = collections.Counter()
+    by_module: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             by_op[event["args"]["op_name"]] += event["dur"]
+            by_module[module_of(event["name"])] += event["dur"]
     total = sum(by_op.values())
     quantizable = sum(v for k, v in by_op.items() if k in QUANTIZABLE)
     return {
         "kernel_ms_per_run": round(total / runs / 1000, 3),
         "ops_ms_per_run": {k: round(v / runs / 1000, 3) for k, v in by_op.most_common()},
+        "modules_ms_per_run": {k: round(v / runs / 1000, 3) for k, v in by_module.most_common()},
         "quantizable_share": round(quantizable / total, 3) if total else 0.0,
         "amdahl_bound": round(total / (total - quantizable), 2) if total > quantizable else float("inf"),
     }
+
+
+def module_of(node: str) -> str:
+    """The model part an ONNX node belongs to, from the module path the exporter writes into
+    node names ("/model/image/stem/stem.0/Conv_kernel_time" -> "image"); nodes that
+    ORT's optimiser created or that sit at the top level -> "(top level)"."""
+    parts = node.removesuffix("_kernel_time").strip("/").split("/")
+    if len(parts) < 3 or parts[0] != "model":
+        return "(top level)"
+    return parts[1]
 
 
 def print_profile(title: str, prof: dict[str, Any], top: int = 12) -> None:
@@ -65,6 +78,9 @@ def print_profile(title: str, prof: dict[str, Any], top: int = 12) -> None:
         share = ms / prof["kernel_ms_per_run"] if prof["kernel_ms_per_run"] else 0.0
         mark = "  INT8-able" if op in QUANTIZABLE else ""
         print(f"  {op:<26} {ms:7.3f} ms {share:6.1%}{mark}")
+    print("  by model part: " + ", ".join(
+        f"{part} {ms / prof['kernel_ms_per_run']:.0%}" for part, ms in prof["modules_ms_per_run"].items()
+        if prof["kernel_ms_per_run"]))
 
 
 def main(argv: list[str] | None = None) -> int:

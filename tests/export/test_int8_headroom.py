@@ -19,3 +19,14 @@ def test_profile_splits_kernel_time_and_bounds_the_int8_speedup(cross: Exported,
     assert prof["quantizable_share"] == pytest.approx(share, abs=0.002)
     assert 0 < share < 1  # a fusion model always has float-only work (norms, softmax, masking)
     assert prof["amdahl_bound"] == pytest.approx(1 / (1 - share), rel=0.02)
+    parts = prof["modules_ms_per_run"]
+    assert sum(parts.values()) == pytest.approx(prof["kernel_ms_per_run"], rel=0.02, abs=0.01)
+    assert {"fusion", "image", "audio", "text"} <= set(parts)
+
+
+def test_module_of_reads_the_model_part_from_node_names() -> None:
+    headroom = load_benchmark("int8_headroom")
+    assert headroom.module_of("/model/image/stem/stem.0/Conv_kernel_time") == "image"
+    assert headroom.module_of("/model/fusion/blocks.0/self_attn/Softmax_kernel_time") == "fusion"
+    assert headroom.module_of("/model/Where_kernel_time") == "(top level)"
+    assert headroom.module_of("ReorderOutput_token_13_kernel_time") == "(top level)"

@@ -177,3 +177,41 @@ def test_late_fusion_produces_logits_and_weight_count() -> None:
     assert math.isclose(
         sum(p.numel() for p in fusion.parameters()), 2 * (4 * 4 + 4 + 4 * 5 + 5) + 2
     )
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: int) -> None:
+    # The last block runs for the fusion token only; it must give what the stock layer gives
+    # for that token (values and gradients), with padding and absent rows in the batch.
+    from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
+
+    torch.manual_seed(0)
+    modalities = ("audio", "image", "text")
+    fusion = CrossAttentionFusion(dims={m: FEATURE_DIMS[m] for m in modalities}, hidden_dim=16,
+                                  heads=2, layers=layers, dropout=0.0).train()
+    features, present = make_features(modalities), presence(5, modalities)
+
+    def full_layers(feats: dict[str, EncoderOutput]) -> torch.Tensor:
+        # the same inputs as forward builds, through every block in full
+        batch = next(iter(feats.values())).sequence.shape[0]
+        tokens, ignore = [fusion.cls.expand(batch, -1, -1)], [torch.zeros(batch, 1, dtype=torch.bool)]
+        for i, m in enumerate(fusion.modalities):
+            seq, pad = feats[m].sequence, feats[m].padding
+            real = (torch.ones(seq.shape[:2], dtype=torch.bool) if pad is None else pad)
+            real = real & present[m].unsqueeze(1)
+            tokens.append(fusion.proj[m](seq.masked_fill(~real.unsqueeze(-1), 0.0)) + fusion.type_embed[i])
+            ignore.append(~real)
+        x, key_ignore = torch.cat(tokens, 1), torch.cat(ignore, 1)
+        for block in fusion.blocks:
+            x = block(x, src_key_padding_mask=key_ignore)
+        return fusion.norm(x[:, 0])
+
+    fast = fusion(features, present).fused
+    reference = full_layers(features)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+    # a weighted sum: a plain sum of a LayerNorm output has gradients that cancel to ~0
+    weights = torch.randn_like(fast)
+    fast_grads = torch.autograd.grad((fast * weights).sum(), list(fusion.parameters()))
+    ref_grads = torch.autograd.grad((reference * weights).sum(), list(fusion.parameters()))
+    for got, want in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
