@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mmfurnace.compress.finetune import training_loss
-from mmfurnace.compress.measure import count_macs, count_params, size_on_disk
+from mmfurnace.compress.measure import count_macs, count_params, evaluate_predict, size_on_disk
 from mmfurnace.compress.quantize import export_onnx
 from mmfurnace.compress.runners import OrtPredictor, TorchPredictor
 from mmfurnace.data.batch import Batch
@@ -61,6 +61,11 @@ class Context:
         self.details: dict[str, Any] = {}
         self._fp32_export: Path | None = None
         self.example = self.valid_batches[0]
+
+    def valid_accuracy(self, model: nn.Module) -> float:
+        """``model``'s accuracy on the validation split: fine-tunes keep their best epoch by it
+        (the test split stays for the report)."""
+        return evaluate_predict(TorchPredictor(model), self.valid_batches, multilabel=self.multilabel)
 
     def calibration(self, n: int) -> list[Batch]:
         """``n`` batches of real (shuffled) training data."""

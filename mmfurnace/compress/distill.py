@@ -15,7 +15,7 @@ and thrown away after.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -144,12 +144,15 @@ def distill(
     *,
     multilabel: bool,
     device: torch.device | str = "cpu",
+    select_on: Callable[[nn.Module], float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``student`` against ``teacher`` for ``config.finetune`` (epochs, lr). Returns the
-    per-epoch history ({"epoch", "loss", "steps"}); the student is left in eval mode."""
+    """Train ``student`` against ``teacher`` for ``config.finetune`` (epochs, lr); with
+    ``select_on`` the student keeps its best epoch by that score (see :func:`finetune`). Returns
+    the per-epoch history ({"epoch", "loss", "steps"}); the student is left in eval mode."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     criterion = DistillLoss(teacher, student, config, multilabel=multilabel).to(device)
     params = list(student.parameters()) + list(criterion.proj.parameters())
-    return finetune(student, loader, config.finetune, loss_fn=criterion, device=device, params=params)
+    return finetune(student, loader, config.finetune, loss_fn=criterion, device=device, params=params,
+                    select_on=select_on)

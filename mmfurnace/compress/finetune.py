@@ -9,6 +9,7 @@ masks. Runs on the CPU by default; seeds nothing (the caller owns the RNG).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -48,12 +49,15 @@ def finetune(
     params: Iterable[nn.Parameter] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     clip_grad_norm: float | None = 1.0,
+    select_on: Callable[[nn.Module], float] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``config.epochs`` passes over ``loader`` (capped at
     ``config.max_steps`` steps). ``params``: what to optimise (default: the model's, plus
     whatever ``loss_fn`` owns is the caller's to pass). ``on_step(step, total_steps)`` runs
-    after each optimiser step. Returns one record per epoch: {"epoch", "loss", "steps"}.
-    The model is left in eval mode.
+    after each optimiser step. ``select_on(model) -> score`` (higher is better, e.g. validation
+    accuracy) runs after each epoch, and the model ends with the weights of its best epoch, as
+    training keeps its best checkpoint. Returns one record per epoch: {"epoch", "loss",
+    "steps"} (+ "score"). The model is left in eval mode.
     """
     if config.epochs == 0:
         return []
@@ -67,6 +71,7 @@ def finetune(
     scheduler = warmup_cosine(optimizer, warmup_steps=0, total_steps=max(total, 1))
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     history: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, Tensor]] | None = None
     step = 0
     model.train()
     try:
@@ -89,8 +94,16 @@ def finetune(
                 loss_sum += float(loss.detach()) * len(batch)
                 rows += len(batch)
             history.append({"epoch": epoch + 1, "loss": loss_sum / max(rows, 1), "steps": step})
+            if select_on is not None:
+                score = float(select_on(model))
+                model.train()
+                history[-1]["score"] = score
+                if best is None or score > best[0]:
+                    best = (score, copy.deepcopy(model.state_dict()))
             if step >= total:
                 break
     finally:
         model.eval()
+    if best is not None:
+        model.load_state_dict(best[1])
     return history

@@ -144,7 +144,8 @@ def _sensitivity(ctx: Context, cfg: SensitivityConfig) -> list[Variant]:
 def _prune_unstructured(ctx: Context, cfg: MagnitudeConfig) -> list[Variant]:
     model = ctx.copy_model()
     targets = prune_mod.magnitude_prune_(model, cfg)
-    ctx.details["history"] = finetune(model, ctx.train_loader, cfg.finetune, loss_fn=ctx.loss())
+    ctx.details["history"] = finetune(model, ctx.train_loader, cfg.finetune, loss_fn=ctx.loss(),
+                                      select_on=ctx.valid_accuracy)
     prune_mod.make_permanent_(model)
     ctx.details["sparsity"] = prune_mod.weight_sparsity(targets)
     name = f"pruned-l1-{int(round(100 * cfg.sparsity))}"
@@ -171,15 +172,16 @@ def _prune_channel(ctx: Context, cfg: ChannelConfig) -> list[Variant]:
 
 
 def _recover(ctx: Context, model: nn.Module, cfg: ChannelConfig) -> list[dict[str, Any]]:
-    """The fine-tune after a pruning step: on the labels, or against the unpruned parent."""
+    """The fine-tune after a pruning step: on the labels, or against the unpruned parent; the
+    pruned model keeps its best epoch by validation accuracy."""
     if not cfg.distill:
-        return finetune(model, ctx.train_loader, cfg.finetune, loss_fn=ctx.loss())
+        return finetune(model, ctx.train_loader, cfg.finetune, loss_fn=ctx.loss(), select_on=ctx.valid_accuracy)
     teacher = ctx.copy_model()
     for p in teacher.parameters():
         p.requires_grad_(False)
     criterion = distill_mod.DistillLoss(teacher, model, DistillConfig(), multilabel=ctx.multilabel)
     return finetune(model, ctx.train_loader, cfg.finetune, loss_fn=criterion,
-                    params=[*model.parameters(), *criterion.proj.parameters()])
+                    params=[*model.parameters(), *criterion.proj.parameters()], select_on=ctx.valid_accuracy)
 
 
 @_method("distill", DistillConfig, "teacher -> smaller student on soft logits + features")
@@ -189,7 +191,8 @@ def _distill(ctx: Context, cfg: DistillConfig) -> list[Variant]:
     student_cfg = distill_mod.student_config(ctx.meta.config.model, cfg)
     torch.manual_seed(ctx.meta.config.train.seed)
     student = build_model(student_cfg, ctx.info, modalities=ctx.modalities)
-    history = distill_mod.distill(ctx.copy_model(), student, ctx.train_loader, cfg, multilabel=ctx.multilabel)
+    history = distill_mod.distill(ctx.copy_model(), student, ctx.train_loader, cfg, multilabel=ctx.multilabel,
+                                  select_on=ctx.valid_accuracy)
     ctx.details.update(history=history, student=student_cfg.model_dump(mode="json"))
     run_cfg = ctx.meta.config.model_copy(update={"model": student_cfg})
     path = ctx.save_checkpoint("student", student, config=run_cfg, compression=config_dict(cfg))
