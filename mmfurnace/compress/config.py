@@ -214,6 +214,10 @@ class ChannelConfig:
     ignore: module names (prefixes) left untouched.
     distill: fine-tune against the unpruned parent as teacher (KL on softened logits + MSE
     on projected features, DistillConfig's defaults) rather than on the labels alone.
+    finetune: lr 3e-3 by default, above the training recipe's 2e-3: half the channels
+    gone is a large change to recover from. On the demo model (3 rounds x 10 epochs against
+    the parent, two teachers) 1e-3 lost 3.35 and 3.35 points, 2e-3 0.37 and 1.48, 3e-3 0.37
+    and 0.74.
     """
 
     sparsity: float = 0.5
@@ -222,7 +226,7 @@ class ChannelConfig:
     round_to: int | None = None
     ignore: tuple[str, ...] = ()
     distill: bool = False
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=6, lr=1e-3))
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=6, lr=3e-3))
 
     def __post_init__(self) -> None:
         _range("ChannelConfig", "sparsity", self.sparsity, lo=0.0, hi=1.0, hi_open=True)
