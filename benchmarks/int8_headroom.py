@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmfurnace.data.config import DataConfig
     from mmfurnace.data.datasets import first_batch
     from mmfurnace.export import load_spec
+    from mmfurnace.train.checkpoint import write_json_atomic
 
     spec = load_spec(args.export)
     data = DataConfig(root=args.data_root, modalities=list(spec.modalities))
@@ -113,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = report["fp32"]["kernel_ms_per_run"] / report["int8"]["kernel_ms_per_run"]
         report["int8_kernel_speedup"] = round(ratio, 2)
         print(f"\nINT8 kernel-time speed-up: {ratio:.2f}x")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(args.json, report)
     print(f"wrote {args.json}")
     return 0
 

@@ -20,7 +20,6 @@ what it costs in accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -113,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmfurnace.bench.machine import machine_info
     from mmfurnace.config import load_run_config
+    from mmfurnace.train.checkpoint import write_json_atomic
 
     overrides = [f"data.root={args.data_root}"] if args.data_root is not None else []
     data_cfg = load_run_config(args.config, overrides).data
@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(rows))
     print(f"\nCPU ISA: {' '.join(rows[0]['isa'] or []) if rows else '-'}; ONNX Runtime CPU, 1 thread, batch 32")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(args.json, {"machine": machine_info(), "rows": rows})
     print(f"wrote {args.json}")
     return 0
 
