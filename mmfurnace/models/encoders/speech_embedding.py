@@ -86,6 +86,10 @@ class SpeechEmbeddingEncoder(nn.Module):
         self.head = nn.Conv2d(96, OUT_DIM, (3, 1), bias=False)
         self.out_dim = OUT_DIM
         self.grad_checkpointing = False
+        # oneDNN runs these narrow convs faster with NHWC weights (the input's layout did not
+        # matter): measured 1.4x per one-window clip, 1.3x per training step at batch 16.
+        # Loading a state dict copies into these tensors and keeps the layout.
+        self.to(memory_format=torch.channels_last)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
@@ -105,6 +109,12 @@ class SpeechEmbeddingEncoder(nn.Module):
         frames gets one real window, its missing frames filled with the row's silence floor
         (its maximum - 8), exactly what speech_mel's own padding with digital silence gives."""
         check_rank("speech_embedding", x, (3,), f"(batch, frames, {N_MELS}) speech_mel frames")
+        if padding is None and x.shape[1] >= WINDOW_FRAMES and not torch.jit.is_tracing():
+            # Every frame real (one clip, or clips of one length): nothing to mask. Measured
+            # 2.96 vs 3.39 ms CPU per one-window clip in eager mode.
+            sequence = self.embed(x)
+            windows = torch.ones(sequence.shape[:2], dtype=torch.bool, device=x.device)
+            return EncoderOutput(sequence, sequence.mean(1), windows)
         mask = (
             padding.to(torch.bool)
             if padding is not None
