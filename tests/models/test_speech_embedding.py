@@ -310,3 +310,25 @@ def json_keys(path) -> set[str]:
     import json
 
     return set(json.loads(path.read_text()))
+
+
+def test_channel_pruned_model_rebuilds_from_its_weights(clips) -> None:
+    """Torch-Pruning follows the convs (and the depthwise stem affine) of the encoder; a pruned
+    checkpoint is rebuilt from its weights' shapes as load_compressed does it."""
+    from mmfurnace.compress.channels import channel_prune_, resize_to_, shape_attributes
+    from mmfurnace.compress.config import ChannelConfig
+    from mmfurnace.data.batch import Batch
+
+    cfg = ModelConfig(encoders={"audio": EncoderConfig(name="speech_embedding")}, fusion="late")
+    model = build_model(cfg, audio_info()).eval()
+    x, mask = pad_batch([speech_mel(c[None])[0] for c in clips[:4]], fill=0.0)
+    batch = Batch(inputs={"audio": x}, padding={"audio": mask},
+                  present={"audio": torch.ones(4, dtype=torch.bool)}, labels=torch.tensor([0, 1, 2, 0]))
+    widths = channel_prune_(model, ChannelConfig(sparsity=0.5), example=batch)["widths"]
+    assert widths["encoders.audio"] == (96, 48)
+    assert model.encoders["audio"].stem[2].groups == 12
+    rebuilt = build_model(cfg, audio_info()).eval()
+    resize_to_(rebuilt, model.state_dict(), shape_attributes(model))
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.forward_batch(batch).logits, model.forward_batch(batch).logits)
