@@ -244,6 +244,6 @@ def speech_embedding(
     if len(input_shape) != 2 or input_shape[-1] != N_MELS:
         raise ConfigError(
             f"encoder 'speech_embedding' needs speech_mel frames shaped (frames, {N_MELS}) "
-            f"(set data.audio.features=speech_mel), got {input_shape}"
+            f"(data.audio.features=speech_mel; a packed dataset must be built with it), got {input_shape}"
         )
     return pretrained_speech_embedding(path)
