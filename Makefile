@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-EXTRAS ?= dev,onnx,openvino,serve,ray
+EXTRAS ?= dev,onnx,openvino,serve,ray,speech
 
 .PHONY: demo test install system-deps bench bench-check lint clean
 

@@ -411,7 +411,11 @@ def resize_to_(model: nn.Module, weights: dict[str, Tensor], attributes: dict[st
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = module.weight.shape
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            # Torch-Pruning prunes a depthwise conv's groups along with its channels
+            depthwise = module.groups > 1 and module.groups == module.out_channels
             module.out_channels = module.weight.shape[0]
+            if depthwise:
+                module.groups = module.out_channels
             module.in_channels = module.weight.shape[1] * module.groups
         elif isinstance(module, nn.LayerNorm) and module.weight is not None:
             module.normalized_shape = (module.weight.shape[0],)

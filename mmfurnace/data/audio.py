@@ -302,15 +302,18 @@ def mfcc(
 
 # ---------------------------------------------------------------------------- pipeline
 
-FEATURES = ("logmel", "mfcc")
+FEATURES = ("logmel", "mfcc", "speech_mel")
 
 
 class AudioPreprocessor:
     """Audio -> (frames, features) float32, the input of an audio encoder.
 
     Decodes (or takes a waveform), resamples to ``sample_rate``, keeps at most
-    ``max_seconds`` and computes MFCC (``features="mfcc"``, n_mfcc per frame) or
-    log-mel (``features="logmel"``, n_mels per frame) features.
+    ``max_seconds`` and computes MFCC (``features="mfcc"``, n_mfcc per frame),
+    log-mel (``features="logmel"``, n_mels per frame) or the fixed front-end of the
+    pretrained ``speech_embedding`` encoder (``features="speech_mel"``: 16 kHz only, 32 bins,
+    at least 76 frames; n_mfcc/n_mels/n_fft/hop_length are the model's, see
+    :mod:`mmfurnace.data.speech_mel`).
     """
 
     def __init__(
@@ -339,6 +342,16 @@ class AudioPreprocessor:
             raise InputError(f"n_mfcc ({n_mfcc}) cannot exceed n_mels ({n_mels})")
         if max_seconds is not None and max_seconds <= 0:
             raise InputError(f"max_seconds must be positive or None, got {max_seconds}")
+        if features == "speech_mel":
+            from mmfurnace.data import speech_mel as sm
+
+            if sample_rate != sm.SAMPLE_RATE:
+                raise InputError(
+                    f"audio features 'speech_mel' need sample_rate {sm.SAMPLE_RATE} (the rate "
+                    f"speech_embedding was trained at), got {sample_rate}"
+                )
+            # Its front-end is fixed; record the values it really uses.
+            n_mels, n_fft, hop_length = sm.N_MELS, sm.N_FFT, sm.HOP_LENGTH
         self.sample_rate = int(sample_rate)
         self.features = features
         self.n_mfcc = int(n_mfcc)
@@ -356,6 +369,17 @@ class AudioPreprocessor:
         if self.max_seconds is None:
             return None
         return max(1, round(self.max_seconds * self.sample_rate))
+
+    @property
+    def max_frames(self) -> int | None:
+        """The most frames one clip can give (None without ``max_seconds``)."""
+        if self.max_samples is None:
+            return None
+        if self.features == "speech_mel":
+            from mmfurnace.data.speech_mel import speech_mel_frames
+
+            return speech_mel_frames(self.max_samples)
+        return self.max_samples // self.hop_length + 1
 
     def __call__(
         self,
@@ -388,6 +412,10 @@ class AudioPreprocessor:
             raise InputError("features_batch got waveforms with zero samples")
         if self.max_samples is not None:
             waveforms = waveforms[:, : self.max_samples]
+        if self.features == "speech_mel":
+            from mmfurnace.data.speech_mel import speech_mel
+
+            return speech_mel(waveforms)
         common = {
             "sample_rate": self.sample_rate,
             "n_fft": self.n_fft,

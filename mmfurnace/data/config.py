@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmfurnace.modalities import Modality
 from mmfurnace.typed_config import StrictModel
@@ -20,12 +20,23 @@ class ImagePrepConfig(StrictModel):
 
 class AudioPrepConfig(StrictModel):
     sample_rate: int = Field(16000, gt=0)
-    features: Literal["mfcc", "logmel"] = "mfcc"
+    # speech_mel: the fixed front-end of the pretrained speech_embedding encoder (16 kHz,
+    # 32 mel bins; n_mfcc, n_mels, n_fft and hop_length do not apply to it)
+    features: Literal["mfcc", "logmel", "speech_mel"] = "mfcc"
     n_mfcc: int = Field(20, gt=0)
     n_mels: int = Field(40, gt=0)
     n_fft: int = Field(512, gt=0)
     hop_length: int = Field(160, gt=0)
     max_seconds: float | None = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _speech_mel_rate(self) -> AudioPrepConfig:
+        if self.features == "speech_mel" and self.sample_rate != 16000:
+            raise ValueError(
+                f"features 'speech_mel' need sample_rate 16000 (speech_embedding's rate), "
+                f"got {self.sample_rate}"
+            )
+        return self
 
 
 class TextPrepConfig(StrictModel):

@@ -120,8 +120,8 @@ class Preprocessor:
         fn = self._fns.get(modality)
         if modality == "text" and fn is not None:
             return int(fn.max_length)
-        if modality == "audio" and fn is not None and fn.max_samples is not None:
-            return fn.max_samples // fn.hop_length + 1
+        if modality == "audio" and fn is not None:
+            return fn.max_frames
         return None
 
     def needs_work(self, row: Mapping[str, Any]) -> bool:

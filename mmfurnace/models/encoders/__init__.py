@@ -1,12 +1,22 @@
 """Encoders, one file per family. Importing this package registers them in ENCODERS."""
 
-from mmfurnace.models.encoders import cnn1d, cnn2d, hf, lenet, mlp, resnet, transformer  # noqa: F401
+from mmfurnace.models.encoders import (  # noqa: F401
+    cnn1d,
+    cnn2d,
+    hf,
+    lenet,
+    mlp,
+    resnet,
+    speech_embedding,
+    transformer,
+)
 from mmfurnace.models.encoders.cnn1d import CNN1dEncoder
 from mmfurnace.models.encoders.cnn2d import CNN2dEncoder
 from mmfurnace.models.encoders.hf import HFEncoder
 from mmfurnace.models.encoders.lenet import LeNetEncoder
 from mmfurnace.models.encoders.mlp import MLPEncoder
 from mmfurnace.models.encoders.resnet import ResNetEncoder
+from mmfurnace.models.encoders.speech_embedding import SpeechEmbeddingEncoder
 from mmfurnace.models.encoders.transformer import TextTransformerEncoder
 
 __all__ = [
@@ -16,5 +26,6 @@ __all__ = [
     "LeNetEncoder",
     "MLPEncoder",
     "ResNetEncoder",
+    "SpeechEmbeddingEncoder",
     "TextTransformerEncoder",
 ]
