@@ -172,7 +172,7 @@ def write_packed(
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -309,7 +309,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+def swap_into_place(tmp: Path, out_dir: Path) -> None:
     """Rename the finished ``tmp`` to ``out_dir``, moving an old cache aside first."""
     old: Path | None = None
     if out_dir.exists() or out_dir.is_symlink():
