@@ -230,7 +230,9 @@ def _write_samples(
             raise InputError(f"got more samples than split names ({len(splits)})")
         for m, w in writers.items():
             w.add(m, sample.inputs.get(m), where)
-        labels.append(torch.as_tensor(sample.label))
+        # A tensor from a DataLoader worker pins a shared-memory file descriptor while it
+        # lives: keeping one per sample ran out of descriptors at 20,000 samples. Copy it.
+        labels.append(torch.as_tensor(sample.label).clone())
         split_names.append(str(splits[i]))
         ids.append(str(sample.meta.get("id", i)))
         if progress is not None:

@@ -276,3 +276,30 @@ def test_real_sources_build(tmp_path: Path) -> None:
     real = fsdd.find_recordings(SHARED / "fsdd", skipped)
     assert len(real) == 3000
     assert not skipped.reasons
+
+
+def test_cli_builds_with_flags_and_reports_errors_in_one_line(
+    sources: fm.FsddMnistOptions, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from mmfurnace.cli import app
+
+    runner = CliRunner()
+    args = ["data", "build", "fsdd-mnist", "--out", str(tmp_path / "fm"), "--fsdd",
+            str(sources.fsdd), "-o", f"mnist_train={sources.mnist_train}", "-o",
+            f"mnist_test={sources.mnist_test}", "--holdout-speaker", "carol"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "skipped: nothing" in result.output
+    assert "Free Spoken Digit Dataset (Z. Jackson et al.)" in result.output
+    build = json.loads((tmp_path / "fm" / "raw" / "build.json").read_text())
+    assert build["holdout_speaker"] == "carol"
+    assert (tmp_path / "fm" / "packed" / "info.json").is_file()
+    bad = runner.invoke(app, [*args[:4], str(tmp_path / "bad"), "-o", "pca=0.5"])
+    assert bad.exit_code == 2
+    assert "pca: unknown key" in bad.output
+    missing = runner.invoke(app, [*args[:4], str(tmp_path / "m"), "--fsdd", str(tmp_path)])
+    assert missing.exit_code == 2
+    assert "FSDD recordings not found" in missing.output
+    assert "Traceback" not in missing.output
