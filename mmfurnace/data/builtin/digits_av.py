@@ -16,7 +16,6 @@ Layout written by ``build_digits_av_raw(out_dir)``::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from mmfurnace.data.builtin import digit_images, noise, number_words, speech
-from mmfurnace.data.builtin.staging import staged_folder, write_json, write_jsonl
+from mmfurnace.data.builtin.staging import build_raw, write_json, write_jsonl
 from mmfurnace.errors import InputError
 
 CLASS_NAMES: tuple[str, ...] = number_words.NUMBER_WORDS["english"]
@@ -116,15 +115,14 @@ def build_digits_av_raw(
         raise InputError(f"{final} already exists; delete it or pass overwrite=True")
     exe = speech.find_espeak()
 
-    started = time.perf_counter()
-    with staged_folder(final, overwrite=overwrite) as tmp:
-        build = _build_into(
+    return build_raw(
+        out_dir,
+        lambda tmp: _build_into(
             tmp, exe, seed=seed, pairings=pairings_per_train_image,
             limit=limit_per_class, workers=workers, deg=deg, progress=progress,
-        )  # fmt: skip
-        build["build_seconds"] = round(time.perf_counter() - started, 2)
-        write_json(tmp / "build.json", build)
-    return final / "manifest.jsonl"
+        ),  # fmt: skip
+        overwrite=overwrite,
+    )
 
 
 def _build_into(

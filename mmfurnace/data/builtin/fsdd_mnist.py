@@ -31,7 +31,6 @@ other clips of the same split, drawn per clip). Layout written under ``out_dir/r
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +43,7 @@ from pydantic import Field, model_validator
 
 from mmfurnace.data.builtin import digit_images, fsdd, mnist_files, noise
 from mmfurnace.data.builtin.digits_av import CLASS_NAMES
-from mmfurnace.data.builtin.staging import Skipped, staged_folder, write_json, write_jsonl
+from mmfurnace.data.builtin.staging import Skipped, build_raw, write_json, write_jsonl
 from mmfurnace.errors import InputError
 from mmfurnace.typed_config import StrictModel
 
@@ -97,20 +96,18 @@ def build_fsdd_mnist_raw(
     limit_per_class: use only the first N images of each class per source (tests; N >= 2).
     overwrite: replace an existing ``out_dir/raw``; otherwise its presence is an error.
     Corrupt or silent WAVs and misnamed files are skipped and counted in ``build.json``.
-    The build is atomic (see :func:`~mmfurnace.data.builtin.staging.staged_folder`).
+    The build is atomic (see :func:`~mmfurnace.data.builtin.staging.build_raw`).
     """
     opts = options or FsddMnistOptions()
     if limit_per_class is not None and limit_per_class < 2:
         raise InputError(f"limit_per_class must be >= 2 (train and valid), got {limit_per_class}")
     if seed < 0:
         raise InputError(f"seed must be >= 0, got {seed}")
-    started = time.perf_counter()
-    final = Path(out_dir) / "raw"
-    with staged_folder(final, overwrite=overwrite) as tmp:
-        record = _build_into(tmp, opts, seed=seed, limit=limit_per_class, progress=progress)
-        record["build_seconds"] = round(time.perf_counter() - started, 2)
-        write_json(tmp / "build.json", record)
-    return final / "manifest.jsonl"
+    return build_raw(
+        out_dir,
+        lambda tmp: _build_into(tmp, opts, seed=seed, limit=limit_per_class, progress=progress),
+        overwrite=overwrite,
+    )
 
 
 def _build_into(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,3 +76,17 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def build_raw(
+    out_dir: Path, build: Callable[[Path], dict[str, object]], *, overwrite: bool
+) -> Path:
+    """Run ``build(folder)`` in a :func:`staged_folder` for ``out_dir/raw``; the record it
+    returns, plus ``build_seconds``, becomes ``build.json``. Returns the manifest's path."""
+    started = time.perf_counter()
+    final = Path(out_dir) / "raw"
+    with staged_folder(final, overwrite=overwrite) as tmp:
+        record = build(tmp)
+        record["build_seconds"] = round(time.perf_counter() - started, 2)
+        write_json(tmp / "build.json", record)
+    return final / "manifest.jsonl"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ from pydantic import Field, model_validator
 
 from mmfurnace.data.audio import load_wav
 from mmfurnace.data.builtin import tuxpaint_stamps as ts
-from mmfurnace.data.builtin.staging import Skipped, staged_folder, write_json, write_jsonl
+from mmfurnace.data.builtin.staging import Skipped, build_raw, write_json, write_jsonl
 from mmfurnace.errors import InputError
 from mmfurnace.typed_config import StrictModel
 
@@ -78,20 +77,18 @@ def build_tuxpaint_raw(
 
     seed: fixes the split. limit_per_class: only the first N stamps of each category (tests).
     overwrite: replace an existing ``out_dir/raw``; otherwise its presence is an error.
-    The build is atomic (see :func:`~mmfurnace.data.builtin.staging.staged_folder`).
+    The build is atomic (see :func:`~mmfurnace.data.builtin.staging.build_raw`).
     """
     opts = options or TuxpaintOptions()
     if limit_per_class is not None and limit_per_class < 1:
         raise InputError(f"limit_per_class must be >= 1, got {limit_per_class}")
     if seed < 0:
         raise InputError(f"seed must be >= 0, got {seed}")
-    started = time.perf_counter()
-    final = Path(out_dir) / "raw"
-    with staged_folder(final, overwrite=overwrite) as tmp:
-        record = _build_into(tmp, opts, seed=seed, limit=limit_per_class, progress=progress)
-        record["build_seconds"] = round(time.perf_counter() - started, 2)
-        write_json(tmp / "build.json", record)
-    return final / "manifest.jsonl"
+    return build_raw(
+        out_dir,
+        lambda tmp: _build_into(tmp, opts, seed=seed, limit=limit_per_class, progress=progress),
+        overwrite=overwrite,
+    )
 
 
 def _build_into(
