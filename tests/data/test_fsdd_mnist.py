@@ -303,3 +303,25 @@ def test_cli_builds_with_flags_and_reports_errors_in_one_line(
     assert missing.exit_code == 2
     assert "FSDD recordings not found" in missing.output
     assert "Traceback" not in missing.output
+
+
+def test_proxy_benchmark_records_probe_accuracies(
+    sources: fm.FsddMnistOptions, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.benchmark_scripts import load_benchmark
+
+    manifest = fm.build_fsdd_mnist_raw(tmp_path / "fm", options=sources)
+    out = tmp_path / "proxies.json"
+    assert load_benchmark("data_proxies").main(
+        ["--root", str(tmp_path / "fm"), "--image-size", "8", "--record", "--json", str(out)]
+    ) == 0
+    printed = capsys.readouterr().out
+    assert "concat" in printed
+    recorded = json.loads((manifest.parent / "build.json").read_text())["proxy_accuracies"]
+    assert recorded["script"] == "benchmarks/data_proxies.py"
+    for probe in ("image", "audio", "concat", "late"):
+        assert 0.0 <= recorded[probe]["test"] <= 100.0
+    assert "text" not in recorded
+    assert set(recorded["test_per_speaker"]) == set(SPEAKERS)
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu"]["isa"] is not None
