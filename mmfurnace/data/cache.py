@@ -172,7 +172,7 @@ def write_packed(
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -230,7 +230,9 @@ def _write_samples(
             raise InputError(f"got more samples than split names ({len(splits)})")
         for m, w in writers.items():
             w.add(m, sample.inputs.get(m), where)
-        labels.append(torch.as_tensor(sample.label))
+        # A tensor from a DataLoader worker pins a shared-memory file descriptor while it
+        # lives: keeping one per sample ran out of descriptors at 20,000 samples. Copy it.
+        labels.append(torch.as_tensor(sample.label).clone())
         split_names.append(str(splits[i]))
         ids.append(str(sample.meta.get("id", i)))
         if progress is not None:
@@ -309,7 +311,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+def swap_into_place(tmp: Path, out_dir: Path) -> None:
     """Rename the finished ``tmp`` to ``out_dir``, moving an old cache aside first."""
     old: Path | None = None
     if out_dir.exists() or out_dir.is_symlink():

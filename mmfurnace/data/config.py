@@ -47,7 +47,9 @@ class TextPrepConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    dataset: Literal["digits-av", "avmnist", "mmimdb", "manifest", "packed"] = "digits-av"
+    dataset: Literal[
+        "digits-av", "fsdd-mnist", "tuxpaint", "avmnist", "mmimdb", "manifest", "packed"
+    ] = "digits-av"
     root: Path = Path("data/digits-av")
     modalities: list[Modality] = Field(default_factory=lambda: ["audio", "image", "text"])
     batch_size: int = Field(64, gt=0)

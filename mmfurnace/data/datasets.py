@@ -54,7 +54,9 @@ def _packed(cfg: DataConfig, split: str) -> Dataset:
     return PackedDataset(root, split, modalities=_keep(cfg, available))
 
 
-DATASETS.register("digits-av")(_packed)
+# Built-in datasets (``mmfurnace data build NAME``) are read from their packed cache.
+for _builtin in ("digits-av", "fsdd-mnist", "tuxpaint"):
+    DATASETS.register(_builtin)(_packed)
 
 
 @DATASETS.register("avmnist")

@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,11 +32,15 @@ from mmfurnace.data.manifest import ManifestDataset, read_manifest
 from mmfurnace.errors import ConfigError
 from mmfurnace.registry import Registry
 from mmfurnace.threads import torch_threads
+from mmfurnace.typed_config import parse
 
 PREPROCESSING_FILE = "preprocessing.json"
 BUILTINS: Registry[Callable[..., Path]] = Registry("built-in dataset")
 
-__all__ = ["BUILTINS", "build_builtin", "pack_manifest", "packed_root", "print_summary"]
+__all__ = [
+    "BUILTINS", "build_builtin", "pack_manifest", "packed_root", "print_build_summary",
+    "print_summary",
+]  # fmt: skip
 
 
 def _progress() -> Progress:
@@ -47,21 +53,56 @@ def _progress() -> Progress:
     )
 
 
-@BUILTINS.register("digits-av")
-def _digits_av_raw(out: Path, *, seed: int, force: bool, limit_per_class: int | None) -> Path:
-    from mmfurnace.data.builtin.digits_av import build_digits_av_raw
-
+@contextmanager
+def _stage_progress(name: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A ``progress(stage, done, total)`` callback drawing one bar per stage."""
     with _progress() as bar:
         tasks: dict[str, int] = {}
 
         def report(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(f"digits-av: {stage}", total=total)
+                tasks[stage] = bar.add_task(f"{name}: {stage}", total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
+        yield report
+
+
+@BUILTINS.register("digits-av")
+def _digits_av_raw(
+    out: Path, *, seed: int, force: bool, limit_per_class: int | None, options: Mapping[str, Any]
+) -> Path:
+    from mmfurnace.data.builtin.digits_av import build_digits_av_raw
+
+    if options:
+        raise ConfigError(f"digits-av takes no build options, got {', '.join(sorted(options))}")
+    with _stage_progress("digits-av") as report:
         return build_digits_av_raw(
             out, seed=seed, progress=report, overwrite=force, limit_per_class=limit_per_class
         )
+
+
+@BUILTINS.register("fsdd-mnist")
+def _fsdd_mnist_raw(
+    out: Path, *, seed: int, force: bool, limit_per_class: int | None, options: Mapping[str, Any]
+) -> Path:
+    from mmfurnace.data.builtin.fsdd_mnist import FsddMnistOptions, build_fsdd_mnist_raw
+
+    opts = parse(FsddMnistOptions, dict(options), source="fsdd-mnist build options")
+    with _stage_progress("fsdd-mnist") as report:
+        return build_fsdd_mnist_raw(out, options=opts, seed=seed, overwrite=force,
+                                    limit_per_class=limit_per_class, progress=report)  # fmt: skip
+
+
+@BUILTINS.register("tuxpaint")
+def _tuxpaint_raw(
+    out: Path, *, seed: int, force: bool, limit_per_class: int | None, options: Mapping[str, Any]
+) -> Path:
+    from mmfurnace.data.builtin.tuxpaint import TuxpaintOptions, build_tuxpaint_raw
+
+    opts = parse(TuxpaintOptions, dict(options), source="tuxpaint build options")
+    with _stage_progress("tuxpaint") as report:
+        return build_tuxpaint_raw(out, options=opts, seed=seed, overwrite=force,
+                                  limit_per_class=limit_per_class, progress=report)  # fmt: skip
 
 
 def build_builtin(
@@ -72,17 +113,22 @@ def build_builtin(
     seed: int = 0,
     force: bool = False,
     limit_per_class: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Build built-in dataset ``name`` under ``out`` (raw files, then the packed cache).
 
     Existing parts are reused unless ``force``; ``limit_per_class`` builds a small version
-    (tests, quick demo). Returns ``out``.
+    (tests, quick demo); ``options`` are the dataset's own build options (validated by its
+    builder: fsdd-mnist's ``FsddMnistOptions``, tuxpaint's ``TuxpaintOptions``). The packed
+    cache is (re)made from ``raw/`` with ``data_cfg``'s preprocessing, so packing again with
+    other settings never re-reads the sources. Returns ``out``.
     """
     builder = BUILTINS[name]
     out = Path(out)
     manifest = out / "raw" / "manifest.jsonl"
     if force or not manifest.is_file():
-        manifest = builder(out, seed=seed, force=force, limit_per_class=limit_per_class)
+        manifest = builder(out, seed=seed, force=force, limit_per_class=limit_per_class,
+                           options=dict(options or {}))  # fmt: skip
     packed = out / "packed"
     if force or not (packed / "info.json").is_file():
         pack_manifest(manifest, packed, data_cfg=data_cfg)
@@ -169,3 +215,26 @@ def print_summary(root: Path, console: Console | None = None) -> dict:
         f"splits: {summary['splits']}"
     )
     return summary
+
+
+def print_build_summary(root: Path, console: Console | None = None) -> dict:
+    """Print what the raw build of ``root`` kept and skipped (from ``raw/build.json``)."""
+    console = console or Console()
+    path = Path(root) / "raw" / "build.json"
+    try:
+        build = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    counts = build.get("counts", {})
+    samples = counts.get("samples", {})
+    console.print(f"{build.get('name', root)}: samples {samples}")
+    if "present" in counts:
+        console.print(f"modalities present per split: {counts['present']}")
+    skipped = build.get("skipped") or {}
+    for reason, entry in skipped.items():
+        console.print(f"skipped {entry['count']}: {reason} (e.g. {entry['examples'][0]})")
+    if not skipped:
+        console.print("skipped: nothing")
+    if build.get("attribution"):
+        console.print(f"attribution: {build['attribution']}")
+    return build

@@ -28,19 +28,25 @@ def load_uci_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def pca_project(
-    images: np.ndarray, fit_on: np.ndarray, components: int
+    images: np.ndarray, fit_on: np.ndarray, components: int | None = None, *,
+    energy: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """Reconstruct ``images`` (n, h, w) from their first ``components`` principal
-    components, fitted on the rows ``fit_on`` only. Returns (images, energy kept), the
-    energy being the fraction of the fitted set's variance those components explain."""
+    components -- or from as few as keep at least ``energy`` of it -- fitted on the rows
+    ``fit_on`` only. Returns (images, energy kept), the energy being the fraction of the
+    fitted set's variance those components explain (``len(singular)`` components: all)."""
+    assert (components is None) != (energy is None), "give components or energy"
     flat = images.reshape(len(images), -1)
     mean = flat[fit_on].mean(axis=0)
     # SVD is deterministic (no randomized solver), so a fixed seed gives fixed images.
     _, singular, vt = np.linalg.svd(flat[fit_on] - mean, full_matrices=False)
+    cumulative = np.cumsum(singular**2) / np.sum(singular**2)
+    if components is None:
+        components = int(np.searchsorted(cumulative, float(energy) - 1e-12) + 1)
+    components = min(components, len(singular))
     basis = vt[:components]
     recon = (flat - mean) @ basis.T @ basis + mean
-    energy = float(np.sum(singular[:components] ** 2) / np.sum(singular**2))
-    return recon.reshape(images.shape), energy
+    return recon.reshape(images.shape), float(cumulative[components - 1])
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator, *, noise_std: float) -> np.ndarray:

@@ -16,11 +16,6 @@ Layout written by ``build_digits_av_raw(out_dir)``::
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from mmfurnace.data.builtin import digit_images, noise, number_words, speech
+from mmfurnace.data.builtin.staging import build_raw, write_json, write_jsonl
 from mmfurnace.errors import InputError
 
 CLASS_NAMES: tuple[str, ...] = number_words.NUMBER_WORDS["english"]
@@ -119,23 +115,14 @@ def build_digits_av_raw(
         raise InputError(f"{final} already exists; delete it or pass overwrite=True")
     exe = speech.find_espeak()
 
-    started = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.raw-building-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
-    try:
-        build = _build_into(
+    return build_raw(
+        out_dir,
+        lambda tmp: _build_into(
             tmp, exe, seed=seed, pairings=pairings_per_train_image,
             limit=limit_per_class, workers=workers, deg=deg, progress=progress,
-        )  # fmt: skip
-        build["build_seconds"] = round(time.perf_counter() - started, 2)
-        _write_json(tmp / "build.json", build)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _move_into_place(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final / "manifest.jsonl"
+        ),  # fmt: skip
+        overwrite=overwrite,
+    )
 
 
 def _build_into(
@@ -190,9 +177,9 @@ def _build_into(
         if progress is not None and (n + 1 == len(plan) or (n + 1) % 200 == 0):
             progress("audio", n + 1, len(plan))
 
-    _write_jsonl(root / "manifest.jsonl", manifest)
-    _write_jsonl(root / "provenance.jsonl", provenance)
-    _write_json(root / "classes.json", list(CLASS_NAMES))
+    write_jsonl(root / "manifest.jsonl", manifest)
+    write_jsonl(root / "provenance.jsonl", provenance)
+    write_json(root / "classes.json", list(CLASS_NAMES))
     return _build_record(exe, seed, pairings, limit, deg, energy, splits, plan, bank)
 
 
@@ -319,22 +306,3 @@ def _build_record(
         "proxy_accuracies": None,
     }
 
-
-def _move_into_place(tmp: Path, final: Path) -> None:
-    if not final.exists():
-        os.rename(tmp, final)
-        return
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
