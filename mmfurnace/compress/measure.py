@@ -8,7 +8,6 @@ batch 1 (p50/p95 over distinct real samples); throughput is samples/s at batch 3
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mmfurnace.cpu import REPORT_FLAGS, cpu_isa, cpu_model, u8s8_kernel
 from mmfurnace.data.batch import Batch, collate_samples
 from mmfurnace.threads import torch_threads
 from mmfurnace.train.metrics import accuracy
@@ -170,20 +170,12 @@ def benchmark(
 
 
 def cpu_info() -> dict[str, object]:
-    """The CPU model and the ISA flags INT8/BF16 speed depends on (avx2, avx512f,
-    avx512_vnni, avx_vnni, avx512_bf16, amx_*), read from /proc/cpuinfo (compress sits below
-    mmfurnace.bench, so it does not import bench.machine; the benchmark script records that
-    too)."""
-    model, flags = "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            if key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-    return {"cpu": model, "isa": [f for f in wanted if f in flags], "threads": torch.get_num_threads()}
+    """The CPU model, the ISA flags INT8/BF16 speed and exactness depend on (avx2, avx512f,
+    avx512_vnni, avx_vnni, avx512_bf16, amx_int8; read by CPUID, see mmfurnace.cpu), which
+    kernel ONNX Runtime multiplies U8 x S8 with, and torch's intra-op threads."""
+    isa = cpu_isa()
+    return {"cpu": cpu_model(), "isa": isa.listed(REPORT_FLAGS), "isa_source": isa.source,
+            "u8s8_kernel": u8s8_kernel(isa), "threads": torch.get_num_threads()}
 
 
 def _cast_batch(batch: Batch, dtype: torch.dtype) -> Batch:
