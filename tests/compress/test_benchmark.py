@@ -48,6 +48,11 @@ def test_benchmark_writes_table_json_and_targets(trained, tmp_path, capsys):
     assert {("fp32-torch", "torch"), ("fp32-onnxruntime", "onnxruntime"), ("int8-static-minmax", "onnxruntime"),
             ("pruned-channel-50", "torch"), ("pruned-channel-50", "onnxruntime")} <= variants
     assert all("isa" in r for r in result["rows"])
+    gates = {(r["variant"], r["backend"]): (r.get("gate"), r.get("budget_pt")) for r in result["rows"]}
+    assert gates[("fp32-torch", "torch")] == (None, None)
+    assert gates[("int8-static-minmax", "onnxruntime")][1] == 1.0  # INT8 family
+    assert gates[("pruned-channel-50", "torch")][1] == 1.5  # pruning family
+    assert {g for g, _ in gates.values()} <= {None, "PASS", "FAILED"}
     statuses = {t["target"]: t["status"] for t in result["targets"]}
     assert statuses["distilled student (torch)"] == "not run"
     assert statuses["best INT8 within 1 pt (onnxruntime)"] in ("PASS", "FAIL", "not run")
