@@ -37,7 +37,7 @@ from mmfurnace.compress.report import append_report
 from mmfurnace.compress.runners import TorchPredictor
 from mmfurnace.data.batch import Batch
 from mmfurnace.data.info import check_same_data
-from mmfurnace.errors import InputError
+from mmfurnace.errors import InputError, MissingDependencyError
 from mmfurnace.threads import torch_threads
 from mmfurnace.train.checkpoint import write_json_atomic
 
@@ -89,6 +89,7 @@ def compress(
     latency_samples: int = 16,
     throughput_batch: int = 32,
     accuracy_budget: float | None = None,
+    openvino: bool | None = None,
     **options: Any,
 ) -> CompressResult:
     """Compress the model of ``checkpoint_dir`` with ``method`` (see ``METHODS.names()``),
@@ -106,6 +107,9 @@ def compress(
     A FAILED variant stays on disk and in the report, marked, but is left out of
     ``artifacts`` (``rejected`` lists it); the caller decides what failing means (the CLI
     exits with code 3).
+    openvino: also run every onnxruntime variant (and the FP32 parent) on OpenVINO, its own
+    kernels (INT8 included), each against OpenVINO FP32; None: for the INT8 methods, when
+    OpenVINO is installed.
     Raises ConfigError for an unknown method or option, InputError for a directory that is
     not an mmfurnace checkpoint.
     """
@@ -114,6 +118,8 @@ def compress(
     ctx = prepare(checkpoint_dir, out_dir=out_dir, data_cfg=data_cfg, datasets=datasets, threads=threads)
     with torch_threads(threads):  # fine-tuning small models: see TrainConfig.threads
         variants = METHODS[method].run(ctx, config)
+    if _wants_openvino(openvino, METHODS[method].family):
+        variants += [ctx.ov_variant(v) for v in variants if v.backend == "onnxruntime"]
     rows = measure_variants(ctx, parents(ctx, {v.backend for v in variants}) + variants, rounds=rounds,
                             latency_samples=latency_samples, throughput_batch=throughput_batch)
     for row in rows:
@@ -131,6 +137,15 @@ def compress(
                             rejected)
     write_json_atomic(ctx.out_dir / "result.json", _jsonable(result))
     return result
+
+
+def _wants_openvino(asked: bool | None, family: str) -> bool:
+    from mmfurnace.export.runtimes import RUNTIMES
+
+    available, why = RUNTIMES["openvino"].available()
+    if asked and not available:
+        raise MissingDependencyError(f"openvino=True: {why}")
+    return available and (asked if asked is not None else family == "int8")
 
 
 def method_config(method: str, options: dict[str, Any]) -> Any:
@@ -177,17 +192,24 @@ def _build_splits(data_cfg: Any) -> dict[str, Dataset]:
 
 
 def parents(ctx: Context, backends: set[str]) -> list[Variant]:
-    """The FP32 parent on each of ``backends`` (eager torch: the checkpoint; onnxruntime: its export)."""
+    """The FP32 parent on each of ``backends`` (eager torch: the checkpoint; onnxruntime and
+    openvino: its export)."""
     out = []
     model = ctx.model
     if "torch" in backends or not backends:
         path = Path(ctx.meta.path)
         out.append(Variant(FP32["torch"], "torch", TorchPredictor(model), count_params(model),
                                count_macs(model, ctx.example), path, size_on_disk(path / "model.safetensors")))
-    if "onnxruntime" in backends:
+    if "onnxruntime" in backends or "openvino" in backends:
         export = ctx.fp32_export()
-        out.append(ctx.ort_variant(FP32["onnxruntime"], export, params=count_params(model),
-                                       macs=count_macs(model, ctx.example)))
+        ort = ctx.ort_variant(FP32["onnxruntime"], export, params=count_params(model),
+                              macs=count_macs(model, ctx.example))
+        if "onnxruntime" in backends:
+            out.append(ort)
+        if "openvino" in backends:
+            ov = ctx.ov_variant(ort)
+            ov.name = FP32["openvino"]
+            out.append(ov)
     return out
 
 
@@ -211,6 +233,7 @@ def measure_variants(ctx: Context, variants: Sequence[Variant], *, rounds: int, 
         is_parent = v.name == FP32.get(v.backend)
         row = {"variant": v.name, "backend": v.backend, "parent": None if is_parent else FP32[v.backend],
                "accuracy": acc, "p50_ms": t.p50_ms, "p95_ms": t.p95_ms, "throughput": t.throughput,
+               "cpu_throughput": t.cpu_throughput,
                "batch_size": t.batch_size,
                "size_bytes": v.size_bytes, "params": v.params, "macs": v.macs, "isa": isa,
                "path": str(v.path) if v.path else None, **v.notes}
@@ -222,6 +245,8 @@ def measure_variants(ctx: Context, variants: Sequence[Variant], *, rounds: int, 
         if parent is not None:
             row["delta_pt"] = 100 * (row["accuracy"] - parent["accuracy"])
             row["speedup"] = row["throughput"] / parent["throughput"]
+            if row["cpu_throughput"] and parent["cpu_throughput"]:
+                row["speedup_cpu"] = row["cpu_throughput"] / parent["cpu_throughput"]
     return rows
 
 

@@ -21,7 +21,7 @@ from mmfurnace.data.batch import Batch
 from mmfurnace.export.int8_format import INT8_FORMATS
 
 COMPRESSION_FILE = "compression.json"
-FP32 = {"torch": "fp32-torch", "onnxruntime": "fp32-onnxruntime"}
+FP32 = {"torch": "fp32-torch", "onnxruntime": "fp32-onnxruntime", "openvino": "fp32-openvino"}
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Variant:
     """A model to measure: a predictor plus what is known about it without running it."""
 
     name: str
-    backend: str  # "torch" | "onnxruntime"
+    backend: str  # "torch" | "onnxruntime" | "openvino"
     predict: Callable[[Batch], torch.Tensor]
     params: int
     macs: int
@@ -109,6 +109,14 @@ class Context:
             notes.setdefault("int8_format", fmt + (" (precision mode)" if rescued else ""))
         return Variant(name, "onnxruntime", predict, params, macs, export_dir,
                        size_on_disk(export_dir / "model.onnx"), notes)
+
+    def ov_variant(self, of: Variant) -> Variant:
+        """The export of onnxruntime variant ``of`` run by OpenVINO instead."""
+        from mmfurnace.compress.runners import OvPredictor
+
+        notes = {k: v.removesuffix(" (precision mode)") if k == "int8_format" else v for k, v in of.notes.items()}
+        return Variant(of.name, "openvino", OvPredictor(of.path, threads=self.ort_threads), of.params, of.macs,
+                       of.path, of.size_bytes, notes)
 
     @property
     def ort_threads(self) -> int:

@@ -28,12 +28,15 @@ Predict = Callable[[Batch], Tensor]  # batch -> logits (batch, classes), float32
 
 @dataclass(frozen=True)
 class Timing:
-    """p50_ms / p95_ms: batch-1 latency; throughput: samples/s at ``batch_size``."""
+    """p50_ms / p95_ms: batch-1 latency; throughput: samples/s at ``batch_size``;
+    cpu_throughput: the same per second of this process's CPU time (all its threads), which
+    neighbours on a shared machine barely move while they stretch wall time."""
 
     p50_ms: float
     p95_ms: float
     throughput: float
     batch_size: int
+    cpu_throughput: float | None = None
 
 
 def count_params(model: nn.Module, *, nonzero: bool = False) -> int:
@@ -123,8 +126,10 @@ def benchmark(
 ) -> dict[str, Timing]:
     """Time every predictor on the same inputs, interleaved.
 
-    singles: batch-1 requests; each round runs every predictor on the next one (latency p50/p95
-    over all rounds). batch: the throughput batch (e.g. 32 rows); each round runs it
+    singles: batch-1 requests; each warm-up round runs every predictor on all of them, each
+    timed round on the next one (latency p50/p95 over all rounds); predictors with a
+    ``settle()`` (OpenVINO, compiling static-shape copies in the background) are waited for
+    after warm-up. batch: the throughput batch (e.g. 32 rows); each round runs it
     ``calls_per_round`` times back to back per predictor, after one untimed call, and
     throughput is the median over rounds. Rounds interleave the predictors, so a slow spell of a
     shared machine hits all of them; within a round a predictor runs as a loaded server runs
@@ -139,11 +144,15 @@ def benchmark(
     names = list(predictors)
     lat: dict[str, list[float]] = {n: [] for n in names}
     thr: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     with torch_threads(threads), torch.no_grad():
-        for i in range(warmup):
+        for _ in range(warmup):
             for name in names:
-                predictors[name](singles[i % len(singles)])
+                for single in singles:
+                    predictors[name](single)
                 predictors[name](batch)
+        for predict in predictors.values():  # OpenVINO: its static-shape copies are ready
+            getattr(predict, "settle", lambda: None)()
         for r in range(rounds):
             single = singles[r % len(singles)]
             # rotate the start so no variant always runs right after the same neighbour
@@ -154,16 +163,18 @@ def benchmark(
                 lat[name].append(time.perf_counter() - started)
             for name in order:
                 predictors[name](batch)
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 for _ in range(calls_per_round):
                     predictors[name](batch)
                 thr[name].append((time.perf_counter() - started) / calls_per_round)
+                cpu[name].append((time.process_time() - cpu_started) / calls_per_round)
     return {
         n: Timing(
             p50_ms=float(np.percentile(lat[n], 50) * 1e3),
             p95_ms=float(np.percentile(lat[n], 95) * 1e3),
             throughput=float(len(batch) / np.median(thr[n])),
             batch_size=len(batch),
+            cpu_throughput=float(len(batch) / np.median(cpu[n])) if np.median(cpu[n]) > 0 else None,
         )
         for n in names
     }

@@ -15,12 +15,13 @@ from typing import Any
 COLUMNS = (
     "run", "checkpoint", "variant", "method", "backend", "parent", "accuracy", "delta_pt",
     "p50_ms", "p95_ms", "throughput", "speedup", "size_bytes", "params", "macs", "isa", "budget_pt", "gate",
-    "int8_format",
+    "int8_format", "cpu_throughput", "speedup_cpu",
 )
 MD_COLUMNS = (
     ("variant", "variant"), ("backend", "backend"), ("accuracy", "acc %"), ("delta_pt", "Δ pt"),
     ("gate", "gate (budget)"), ("p50_ms", "p50 ms (b=1)"), ("p95_ms", "p95 ms"),
-    ("throughput", "samples/s (b=32)"), ("speedup", "× parent"), ("size_bytes", "size"), ("params", "params"),
+    ("throughput", "samples/s (b=32)"), ("speedup", "× parent"), ("speedup_cpu", "× parent (CPU time)"),
+    ("size_bytes", "size"), ("params", "params"),
     ("macs", "MACs/sample"), ("int8_format", "INT8 format"), ("isa", "CPU ISA"),
 )
 
@@ -40,7 +41,8 @@ def append_report(report_dir: str | Path, rows: Sequence[dict[str, Any]], *, tit
         if f.tell() == 0:
             f.write("# Compression results\n\nEach section: a parent model and its compressed variants, "
                     "measured in one run on the same inputs (latency interleaved). Δ pt and × parent "
-                    "compare each variant with the FP32 parent on the same backend.\n\n")
+                    "compare each variant with the FP32 parent on the same backend (× parent (CPU time): per "
+                    "second of this process's CPU time, steadier on a shared machine).\n\n")
         f.write("\n".join(section) + "\n")
     if plot:
         paths["png"] = pareto_plot(report_dir / "compression_pareto.png", rows, title=title)
@@ -95,7 +97,7 @@ def pareto_plot(path: Path, rows: Sequence[dict[str, Any]], *, title: str) -> Pa
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
-    colours = {"torch": "tab:blue", "onnxruntime": "tab:orange"}
+    colours = {"torch": "tab:blue", "onnxruntime": "tab:orange", "openvino": "tab:green"}
     biggest = max((float(r.get("size_bytes") or 0) for r in rows), default=1.0) or 1.0
     batch = next((int(r["batch_size"]) for r in rows if r.get("batch_size")), 32)
     panels = (("p50_ms", "latency p50 at batch 1 (ms, log)"),
@@ -119,7 +121,7 @@ def pareto_plot(path: Path, rows: Sequence[dict[str, Any]], *, title: str) -> Pa
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
     short = title if len(title) <= 110 else title[:107] + "..."
-    fig.suptitle(f"{short}\nsquares: FP32 parents; area: size on disk; blue: torch, orange: onnxruntime; "
+    fig.suptitle(f"{short}\nsquares: FP32 parents; area: size on disk; blue: torch, orange: onnxruntime, green: openvino; "
                  "red X: FAILED (over its accuracy budget)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +175,7 @@ def _fmt(key: str, value: Any) -> str:
         return f"{value:.2f}"
     if key == "throughput":
         return f"{value:.0f}"
-    if key == "speedup":
+    if key in ("speedup", "speedup_cpu"):
         return f"{value:.2f}×"
     if key == "size_bytes":
         return _bytes(int(value))

@@ -10,6 +10,7 @@ import pytest
 
 from mmfurnace.compress import compress, load_compressed
 from mmfurnace.compress.measure import count_params
+from mmfurnace.export.runtimes import RUNTIMES
 
 FAST = {"rounds": 2, "latency_samples": 2, "throughput_batch": 8, "threads": 1}
 
@@ -30,11 +31,12 @@ def _artifact(result, key):
 
 
 def _check_rows(result, backend, variant):
-    parent = result.row({"torch": "fp32-torch", "onnxruntime": "fp32-onnxruntime"}[backend])
+    parent = next(r for r in result.rows if r["variant"] == f"fp32-{backend}" and r["backend"] == backend)
     row = next(r for r in result.rows if r["variant"] == variant and r["backend"] == backend)
     assert row["parent"] == parent["variant"]
     assert row["delta_pt"] == pytest.approx(100 * (row["accuracy"] - parent["accuracy"]))
     assert row["speedup"] > 0
+    assert row["speedup_cpu"] > 0  # the same ratio per second of CPU time
     assert row["p50_ms"] > 0
     assert row["size_bytes"] > 0
     assert isinstance(row["isa"], list)
@@ -56,6 +58,13 @@ CASES = [  # method, options, backend, variant, max accuracy drop (pt), max size
 def test_methods_end_to_end(trained, splits, tmp_path, method, options, backend, variant, max_drop, max_size):
     result = _run(trained, splits, tmp_path, method, **options)
     parent, row = _check_rows(result, backend, variant)
+    if method.startswith("int8") and RUNTIMES["openvino"].available()[0]:
+        # INT8 exports also run on OpenVINO's own kernels, against OpenVINO FP32
+        _, ov = _check_rows(result, "openvino", variant)
+        assert ov["delta_pt"] >= -max_drop
+        assert ov["path"] == row["path"]  # the same file
+    else:
+        assert {r["backend"] for r in result.rows} <= {"torch", "onnxruntime"}
     assert row["delta_pt"] >= -max_drop  # 64 test rows: one row is 1.6 pt
     if max_size is not None:
         assert row["size_bytes"] < max_size * parent["size_bytes"]
