@@ -6,9 +6,7 @@ import json
 
 import pytest
 
-from mmfurnace.data.cache import write_packed
 from tests.benchmark_scripts import load_benchmark
-from tests.compress.tinydata import INFO, tiny_splits
 
 
 def _load_script():
@@ -22,17 +20,10 @@ def test_method_specs_parse():
 
 
 @pytest.mark.slow
-def test_benchmark_writes_table_json_and_targets(trained, tmp_path, capsys):
-    splits = tiny_splits()
-    samples, names = [], []
-    for split in ("train", "valid", "test"):
-        for sample in splits[split].samples:
-            samples.append(sample)
-            names.append(split)
-    write_packed(tmp_path / "data" / "packed", samples, info=INFO, splits=names)
+def test_benchmark_writes_table_json_and_targets(trained, tiny_data_root, tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     code = _load_script().main([
-        "--checkpoint", str(trained), "--data-root", str(tmp_path / "data"), "--threads", "1",
+        "--checkpoint", str(trained), "--data-root", str(tiny_data_root), "--threads", "1",
         "--methods", "int8-static:num_batches=1", "prune-channel:max_steps=1",
         "--rounds", "2", "--latency-samples", "2", "--batch", "8",
         "--json", str(out_json), "--out", str(tmp_path / "report"),

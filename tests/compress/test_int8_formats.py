@@ -138,3 +138,25 @@ def test_reduce_range_model_loaded_on_a_vnni_cpu_suggests_requantizing(fp32_expo
     with pytest.warns(Int8FormatWarning, match="full 8-bit weights"):
         runtime = RUNTIMES["onnxruntime"](out, threads=1, optimized_model=False)
     assert not runtime.precision_mode
+
+
+@pytest.mark.slow
+def test_format_benchmark_prepares_every_format_and_evaluates_on_this_cpu(trained, tiny_data_root, tmp_path,
+                                                                          capsys):
+    from tests.benchmark_scripts import load_benchmark
+
+    bench = load_benchmark("int8_formats")
+    out = tmp_path / "formats"
+    assert bench.main(["prepare", "--checkpoint", str(trained), "--out", str(out), "--calibration", "minmax",
+                       "--data-root", str(tiny_data_root)]) == 0
+    assert bench.main(["eval", str(out), "--json", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["u8s8_kernel"] == cpu.u8s8_kernel(cpu.cpu_isa())
+    rows = {(r["variant"], r["precision_mode"]): r for r in result["rows"]}
+    assert len(rows) == 2 * (1 + 2 * 3)  # fp32 + static and dynamic in 3 formats, each mode off and on
+    assert rows[("fp32", False)]["delta_pt"] == 0.0
+    for fmt in ("u8s8-reduce-range", "u8u8"):  # exact on any CPU, with or without precision mode
+        for mode in (False, True):
+            assert rows[(f"static-minmax-{fmt}", mode)]["sqnr_db"] >= 18.0
+    assert rows[("static-minmax-u8s8", True)]["sqnr_db"] >= 18.0  # precision mode makes u8s8 exact too
+    assert "U8S8" in capsys.readouterr().out
