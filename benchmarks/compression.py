@@ -10,8 +10,9 @@ A method spec is ``name[:key=value,key=value]`` (values parsed as YAML: ``sparsi
 together, interleaved, on the same real test inputs, so the ratios are comparable. Prints a
 table, the brief's targets (best INT8 >= 2x FP32 throughput at batch 32 on the same backend
 with <= 1 pt loss; 50 % channel pruning >= 1.6x with <= 1.5 pt; student >= 3x with <= 2 pt),
-and writes JSON with the machine (CPU model, ISA flags: avx2 / avx512_vnni / amx) next to
-every row.
+marks each variant PASS/FAILED against its method family's accuracy budget (--budget to
+override), and writes JSON with the machine (CPU model, ISA flags: avx2 / avx512_vnni / amx,
+the U8S8 kernel) next to every row.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 import torch
 import yaml
 
-from mmfurnace.compress.api import measure_variants, parents, prepare, run_method
+from mmfurnace.compress.api import METHODS, measure_variants, parents, prepare, run_method
+from mmfurnace.compress.gate import apply_gate, budget_for
 from mmfurnace.compress.measure import cpu_info
 from mmfurnace.compress.report import MD_COLUMNS, append_report, markdown_table
 from mmfurnace.errors import ConfigError
@@ -95,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
     parser.add_argument("--latency-samples", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32, help="throughput batch size")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="accuracy points any variant may lose (default: its method family's: "
+                             "INT8/fp16 1, pruning 1.5, student 2)")
     args = parser.parse_args(argv)
 
     specs = [parse_spec(s) for s in args.methods]
@@ -126,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                             latency_samples=args.latency_samples, throughput_batch=args.batch)
     for row in rows:
         row.update(run="benchmark", checkpoint=str(ctx.meta.path), method=row.pop("method", "parent"))
+    for (name, _), spec in zip(specs, args.methods, strict=True):  # each method against its family's budget
+        apply_gate([r for r in rows if r["method"] == spec], budget_for(METHODS[name].family, args.budget))
     machine = cpu_info()
     try:
         from mmfurnace.bench.machine import machine_info

@@ -210,21 +210,31 @@ def compress_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Folder for the compressed variant(s)")] = None,  # noqa: UP045
     report: Annotated[Path, typer.Option(help="Report folder (compression.md/.csv/.png are appended)")] = Path("report/compression"),
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads while measuring")] = 1,  # noqa: UP045
+    budget: Annotated[Optional[float], typer.Option(help="Accuracy points a variant may lose vs its parent (default: INT8/fp16 1, pruning 1.5, student 2)")] = None,  # noqa: UP045
 ) -> None:
-    """Compress a checkpoint; measure it beside its parent (accuracy, latency, size, MACs)."""
+    """Compress a checkpoint; measure it beside its parent (accuracy, latency, size, MACs).
+    Exits with code 3 when a variant loses more accuracy than its budget (marked FAILED in
+    the report, its files kept)."""
     from mmfurnace.compress.api import compress
+    from mmfurnace.compress.gate import describe_failures
     from mmfurnace.typed_config import apply_overrides
 
     try:
         options = apply_overrides({}, option or [])
         result = compress(checkpoint, method, out_dir=out or Path("runs/compressed") / method,
-                          report_dir=report, threads=threads, **options)
+                          report_dir=report, threads=threads, accuracy_budget=budget, **options)
     except MMFurnaceError as err:
         _fail(err)
     for row in result.rows:
-        typer.echo(f"{row['variant']:<28} {row['backend']:<12} acc={row.get('accuracy')}"
-                   f" speedup={row.get('speedup')}")
+        delta = "" if row.get("delta_pt") is None else f" delta={row['delta_pt']:+.2f}pt"
+        speed = "" if row.get("speedup") is None else f" speedup={row['speedup']:.2f}x"
+        typer.echo(f"{row['variant']:<28} {row['backend']:<12} acc={100 * row['accuracy']:.2f}%{delta}{speed}"
+                   f"{' ' + row['gate'] if row.get('gate') else ''}")
     typer.echo(f"report: {result.report.get('md', report)}")
+    if result.failed:
+        typer.secho(f"gate: FAILED: {describe_failures(result.failed)}; marked FAILED in the report and not "
+                    "offered as an output (--budget PT sets another budget)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=3)
 
 
 @app.command("export")

@@ -182,8 +182,14 @@ def step_compression(base: RunConfig, s: DemoSettings, console: Console) -> Path
             options = {**options, "finetune_epochs": 1, "max_steps": 2} if method in (
                 "prune-channel", "distill") else options
         console.print(f"compress: {method} {options or ''}")
-        compress(best_checkpoint(s), method, out_dir=s.report / "compressed" / method,
-                 report_dir=report_dir, threads=1, rounds=3 if s.quick else 20, **options)
+        result = compress(best_checkpoint(s), method, out_dir=s.report / "compressed" / method,
+                          report_dir=report_dir, threads=1, rounds=3 if s.quick else 20, **options)
+        for row in result.rows:  # the accuracy gate's verdict (the report's "gate" column)
+            if row.get("gate"):
+                colour = "red" if row["gate"] == "FAILED" else "green"
+                console.print(f"  {row['variant']}@{row['backend']}: {row['delta_pt']:+.2f} pt, "
+                              f"{row['speedup']:.2f}x -> [{colour}]{row['gate']}[/{colour}] "
+                              f"(budget {row['budget_pt']:g} pt)")
     return report_dir / "compression.md"
 
 

@@ -23,3 +23,6 @@ def test_quick_demo_writes_every_section(tmp_path: Path):
     assert "failed" not in fusion_table
     for variant in ("unimodal-image", "early", "late", "cross_attention", "low_rank_tensor"):
         assert variant in fusion_table
+    compression = (settings.report / "compression" / "compression.md").read_text()
+    assert "gate (budget)" in compression  # each variant's verdict against its accuracy budget
+    assert "PASS" in compression or "FAILED" in compression

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+from mmfurnace.cpu import cpu_isa, cpu_model, u8s8_kernel
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 LIBRARIES = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "numpy")
 
 
@@ -16,8 +17,10 @@ def machine_info() -> dict[str, Any]:
     """A JSON-serializable description of this machine and its inference libraries.
 
     cpu: model, logical cores, cores usable by this process (affinity), ISA flags of interest
-    (from /proc/cpuinfo on Linux; {} elsewhere); torch intra/inter-op threads; versions of the
-    libraries that import (None when missing); GPU names when CUDA is visible.
+    (by CPUID, as the kernels see them: mmfurnace.cpu; {} when none could be read), where
+    they came from and which kernel ONNX Runtime multiplies U8 x S8 with; torch intra/inter-op
+    threads; versions of the libraries that import (None when missing); GPU names when CUDA
+    is visible.
     """
     cpu = _cpu()
     info: dict[str, Any] = {
@@ -43,26 +46,19 @@ def machine_info() -> dict[str, Any]:
 
 
 def _cpu() -> dict[str, Any]:
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = set(value.split())
+    isa = cpu_isa()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = os.cpu_count()
     return {
-        "model": model,
+        "model": cpu_model(),
         "arch": platform.machine(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
-        "isa": {flag: flag in flags for flag in ISA_FLAGS} if flags else {},
+        "isa": {flag: flag in isa.flags for flag in ISA_FLAGS} if isa.flags else {},
+        "isa_source": isa.source,
+        "u8s8_kernel": u8s8_kernel(isa),
     }
 
 

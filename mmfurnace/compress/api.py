@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from mmfurnace.compress import channels
 from mmfurnace.compress.config import build_config, config_dict
 from mmfurnace.compress.context import COMPRESSION_FILE, FP32, Context, Variant
+from mmfurnace.compress.gate import FAILED, apply_gate, budget_for
 from mmfurnace.compress.measure import (
     benchmark,
     count_macs,
@@ -36,16 +37,20 @@ from mmfurnace.compress.report import append_report
 from mmfurnace.compress.runners import TorchPredictor
 from mmfurnace.data.batch import Batch
 from mmfurnace.data.info import check_same_data
-from mmfurnace.errors import InputError
+from mmfurnace.errors import InputError, MissingDependencyError
 from mmfurnace.threads import torch_threads
+from mmfurnace.train.checkpoint import write_json_atomic
 
 
 @dataclass
 class CompressResult:
     """What :func:`compress` returns.
 
-    rows: measured rows (parents first), as written to the report (see report.COLUMNS).
-    artifacts: variant name -> checkpoint or export directory.
+    rows: measured rows (parents first), as written to the report (see report.COLUMNS);
+    each variant row has ``budget_pt`` and ``gate`` ("PASS" / "FAILED", see gate.py).
+    artifacts: variant key (``name@backend``) -> checkpoint or export directory, for the
+    variants that PASSED the accuracy gate only: what a later step may pick.
+    rejected: the same for the FAILED variants (kept on disk, for inspection).
     report: paths written (md, csv, png; sensitivity table/chart when that method ran).
     details: method-specific extras (fine-tune history, sensitivity table, pruning widths).
     """
@@ -57,9 +62,15 @@ class CompressResult:
     artifacts: dict[str, Path]
     report: dict[str, Path]
     details: dict[str, Any]
+    rejected: dict[str, Path] = field(default_factory=dict)
 
     def row(self, variant: str) -> dict[str, Any]:
         return next(r for r in self.rows if r["variant"] == variant)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """The rows over their accuracy budget."""
+        return [r for r in self.rows if r.get("gate") == FAILED]
 
 
 # --- the entry point -----------------------------------------------------------------------------
@@ -77,6 +88,8 @@ def compress(
     rounds: int = 20,
     latency_samples: int = 16,
     throughput_batch: int = 32,
+    accuracy_budget: float | None = None,
+    openvino: bool | None = None,
     **options: Any,
 ) -> CompressResult:
     """Compress the model of ``checkpoint_dir`` with ``method`` (see ``METHODS.names()``),
@@ -89,27 +102,50 @@ def compress(
     optional "test") instead. threads: intra-op threads for the method's own work (fine-tuning,
     calibration) and for both backends while measuring (default: torch's).
     rounds / latency_samples / throughput_batch: see :func:`measure_variants`.
+    accuracy_budget: the accuracy points a variant may lose against its parent before it is
+    FAILED (default: its method family's, gate.BUDGETS: INT8 1, pruning 1.5, student 2).
+    A FAILED variant stays on disk and in the report, marked, but is left out of
+    ``artifacts`` (``rejected`` lists it); the caller decides what failing means (the CLI
+    exits with code 3).
+    openvino: also run every onnxruntime variant (and the FP32 parent) on OpenVINO, its own
+    kernels (INT8 included), each against OpenVINO FP32; None: for the INT8 methods, when
+    OpenVINO is installed.
     Raises ConfigError for an unknown method or option, InputError for a directory that is
     not an mmfurnace checkpoint.
     """
     config = method_config(method, options)  # a typo fails before anything is loaded
+    budget = budget_for(METHODS[method].family, accuracy_budget)
     ctx = prepare(checkpoint_dir, out_dir=out_dir, data_cfg=data_cfg, datasets=datasets, threads=threads)
     with torch_threads(threads):  # fine-tuning small models: see TrainConfig.threads
         variants = METHODS[method].run(ctx, config)
+    if _wants_openvino(openvino, METHODS[method].family):
+        variants += [ctx.ov_variant(v) for v in variants if v.backend == "onnxruntime"]
     rows = measure_variants(ctx, parents(ctx, {v.backend for v in variants}) + variants, rounds=rounds,
                             latency_samples=latency_samples, throughput_batch=throughput_batch)
     for row in rows:
         row.update(run=ctx.out_dir.name, checkpoint=str(ctx.meta.path), method=method if row["parent"] else "parent")
+    failed = {(r["variant"], r["backend"]) for r in apply_gate(rows, budget)}
     report: dict[str, Path] = {}
     if report_dir is not None:
         report = append_report(report_dir, rows, title=f"{Path(ctx.meta.path).name}: {method}")
     if "sensitivity_files" in ctx.details:
         report.update({f"sensitivity_{k}": v for k, v in ctx.details.pop("sensitivity_files").items()})
-    artifacts = {_key(v): v.path for v in variants if v.path is not None}
-    result = CompressResult(method, config_dict(config), ctx.out_dir, rows, artifacts, report, ctx.details)
-    (ctx.out_dir / "result.json").write_text(json.dumps(_jsonable(result), indent=2, default=str) + "\n",
-                                             encoding="utf-8")
+    made = [v for v in variants if v.path is not None]
+    artifacts = {_key(v): v.path for v in made if (v.name, v.backend) not in failed}
+    rejected = {_key(v): v.path for v in made if (v.name, v.backend) in failed}
+    result = CompressResult(method, config_dict(config), ctx.out_dir, rows, artifacts, report, ctx.details,
+                            rejected)
+    write_json_atomic(ctx.out_dir / "result.json", _jsonable(result))
     return result
+
+
+def _wants_openvino(asked: bool | None, family: str) -> bool:
+    from mmfurnace.export.runtimes import RUNTIMES
+
+    available, why = RUNTIMES["openvino"].available()
+    if asked and not available:
+        raise MissingDependencyError(f"openvino=True: {why}")
+    return available and (asked if asked is not None else family == "int8")
 
 
 def method_config(method: str, options: dict[str, Any]) -> Any:
@@ -156,17 +192,24 @@ def _build_splits(data_cfg: Any) -> dict[str, Dataset]:
 
 
 def parents(ctx: Context, backends: set[str]) -> list[Variant]:
-    """The FP32 parent on each of ``backends`` (eager torch: the checkpoint; onnxruntime: its export)."""
+    """The FP32 parent on each of ``backends`` (eager torch: the checkpoint; onnxruntime and
+    openvino: its export)."""
     out = []
     model = ctx.model
     if "torch" in backends or not backends:
         path = Path(ctx.meta.path)
         out.append(Variant(FP32["torch"], "torch", TorchPredictor(model), count_params(model),
                                count_macs(model, ctx.example), path, size_on_disk(path / "model.safetensors")))
-    if "onnxruntime" in backends:
+    if "onnxruntime" in backends or "openvino" in backends:
         export = ctx.fp32_export()
-        out.append(ctx.ort_variant(FP32["onnxruntime"], export, params=count_params(model),
-                                       macs=count_macs(model, ctx.example)))
+        ort = ctx.ort_variant(FP32["onnxruntime"], export, params=count_params(model),
+                              macs=count_macs(model, ctx.example))
+        if "onnxruntime" in backends:
+            out.append(ort)
+        if "openvino" in backends:
+            ov = ctx.ov_variant(ort)
+            ov.name = FP32["openvino"]
+            out.append(ov)
     return out
 
 
@@ -190,6 +233,7 @@ def measure_variants(ctx: Context, variants: Sequence[Variant], *, rounds: int, 
         is_parent = v.name == FP32.get(v.backend)
         row = {"variant": v.name, "backend": v.backend, "parent": None if is_parent else FP32[v.backend],
                "accuracy": acc, "p50_ms": t.p50_ms, "p95_ms": t.p95_ms, "throughput": t.throughput,
+               "cpu_throughput": t.cpu_throughput,
                "batch_size": t.batch_size,
                "size_bytes": v.size_bytes, "params": v.params, "macs": v.macs, "isa": isa,
                "path": str(v.path) if v.path else None, **v.notes}
@@ -201,6 +245,8 @@ def measure_variants(ctx: Context, variants: Sequence[Variant], *, rounds: int, 
         if parent is not None:
             row["delta_pt"] = 100 * (row["accuracy"] - parent["accuracy"])
             row["speedup"] = row["throughput"] / parent["throughput"]
+            if row["cpu_throughput"] and parent["cpu_throughput"]:
+                row["speedup_cpu"] = row["cpu_throughput"] / parent["cpu_throughput"]
     return rows
 
 
@@ -245,6 +291,7 @@ def load_compressed(directory: str | Path) -> tuple[nn.Module, Any]:
 def _jsonable(result: CompressResult) -> dict[str, Any]:
     return {"method": result.method, "config": result.config, "out_dir": str(result.out_dir),
             "rows": result.rows, "artifacts": {k: str(v) for k, v in result.artifacts.items()},
+            "rejected": {k: str(v) for k, v in result.rejected.items()},
             "report": {k: str(v) for k, v in result.report.items()}, "details": result.details}
 
 

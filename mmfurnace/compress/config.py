@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from mmfurnace.errors import ConfigError
+from mmfurnace.export.int8_format import AUTO, check_format_name
 
 
 def _choice(cls: str, name: str, value: object, allowed: Sequence[object]) -> None:
@@ -89,14 +90,19 @@ class Int8DynamicConfig:
     backend "onnxruntime" quantizes the exported ONNX graph (MatMul/Gemm/attention; Conv with
     ``op_types`` including "Conv"); "torch" swaps nn.Linear for torch.ao dynamic quantized
     Linear (attention in_proj stays FP32: nn.MultiheadAttention reads the raw parameter).
+    int8_format (onnxruntime): "auto" picks the format exact on this CPU (u8s8 with VNNI,
+    u8s8-reduce-range without); "u8s8", "u8s8-reduce-range" or "u8u8" force one
+    (mmfurnace.export.int8_format).
     """
 
     backend: str = "onnxruntime"
     per_channel: bool = True
     op_types: tuple[str, ...] = ("MatMul", "Gemm", "Attention")
+    int8_format: str = AUTO
 
     def __post_init__(self) -> None:
         _choice("Int8DynamicConfig", "backend", self.backend, ("onnxruntime", "torch"))
+        check_format_name(self.int8_format, where="Int8DynamicConfig.int8_format")
         object.__setattr__(self, "op_types", tuple(self.op_types))
 
 
@@ -114,6 +120,8 @@ class Int8StaticConfig:
     ``min_reduction``: layers whose dot products are shorter than this (in_channels x kernel
     size for a conv, in_features for a matmul) stay FP32 — e.g. a 5x5 conv on a 1-channel
     image (25): INT8 kernels do not pay for (de)quantizing such short reductions.
+    ``int8_format``: "auto" (u8s8 where this CPU's U8S8 kernels are exact, else
+    u8s8-reduce-range) or one of "u8s8", "u8s8-reduce-range", "u8u8".
     """
 
     calibration: str = "minmax"
@@ -123,9 +131,11 @@ class Int8StaticConfig:
     op_types: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     min_reduction: int = 32
+    int8_format: str = AUTO
 
     def __post_init__(self) -> None:
         _choice("Int8StaticConfig", "calibration", self.calibration, CALIBRATIONS)
+        check_format_name(self.int8_format, where="Int8StaticConfig.int8_format")
         _positive_int("Int8StaticConfig", "num_batches", self.num_batches)
         _positive_int("Int8StaticConfig", "min_reduction", self.min_reduction, allow_zero=True)
         _range("Int8StaticConfig", "percentile", self.percentile, lo=50.0, hi=100.0)
@@ -142,14 +152,17 @@ class QATConfig:
 
     ``freeze_observers_after``: fraction of the fine-tune after which the activation ranges
     stop moving (weights keep training against fixed ranges, as torch.ao recommends).
+    ``int8_format`` as Int8StaticConfig's: u8s8-reduce-range trains against 7-bit weights.
     """
 
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=2, lr=2e-4))
     freeze_observers_after: float = 0.5
     num_batches: int = 8  # batches that initialise the ranges before training starts
     min_reduction: int = 32  # as Int8StaticConfig.min_reduction: shorter layers stay float
+    int8_format: str = AUTO
 
     def __post_init__(self) -> None:
+        check_format_name(self.int8_format, where="QATConfig.int8_format")
         _range("QATConfig", "freeze_observers_after", self.freeze_observers_after, lo=0.0, hi=1.0)
         _positive_int("QATConfig", "num_batches", self.num_batches)
         _positive_int("QATConfig", "min_reduction", self.min_reduction, allow_zero=True)
@@ -172,8 +185,10 @@ class SensitivityConfig:
     calibration: str = "minmax"
     num_batches: int = 8
     max_layers: int | None = None  # cap on layers analysed (largest by MACs first); None = all
+    int8_format: str = AUTO  # as Int8StaticConfig.int8_format
 
     def __post_init__(self) -> None:
+        check_format_name(self.int8_format, where="SensitivityConfig.int8_format")
         _range("SensitivityConfig", "budget", self.budget, lo=0.0)
         _choice("SensitivityConfig", "granularity", self.granularity, ("layer", "block"))
         _choice("SensitivityConfig", "calibration", self.calibration, CALIBRATIONS)

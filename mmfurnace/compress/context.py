@@ -18,9 +18,10 @@ from mmfurnace.compress.measure import count_macs, count_params, evaluate_predic
 from mmfurnace.compress.quantize import export_onnx
 from mmfurnace.compress.runners import OrtPredictor, TorchPredictor
 from mmfurnace.data.batch import Batch
+from mmfurnace.export.int8_format import INT8_FORMATS
 
 COMPRESSION_FILE = "compression.json"
-FP32 = {"torch": "fp32-torch", "onnxruntime": "fp32-onnxruntime"}
+FP32 = {"torch": "fp32-torch", "onnxruntime": "fp32-onnxruntime", "openvino": "fp32-openvino"}
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Variant:
     """A model to measure: a predictor plus what is known about it without running it."""
 
     name: str
-    backend: str  # "torch" | "onnxruntime"
+    backend: str  # "torch" | "onnxruntime" | "openvino"
     predict: Callable[[Batch], torch.Tensor]
     params: int
     macs: int
@@ -99,8 +100,23 @@ class Context:
                        path, size_on_disk(weights if weights.is_file() else path), notes)
 
     def ort_variant(self, name: str, export_dir: Path, *, params: int, macs: int, **notes: Any) -> Variant:
-        return Variant(name, "onnxruntime", OrtPredictor(export_dir, threads=self.ort_threads), params, macs,
-                       export_dir, size_on_disk(export_dir / "model.onnx"), notes)
+        """An export run by onnxruntime; an INT8 one notes its format (and when ORT's
+        precision mode had to run it, being quantized for another CPU)."""
+        predict = OrtPredictor(export_dir, threads=self.ort_threads)
+        fmt = (predict.runtime.int8_record or {}).get("format")
+        if fmt:
+            rescued = predict.runtime.precision_mode and not INT8_FORMATS[fmt].exact_everywhere
+            notes.setdefault("int8_format", fmt + (" (precision mode)" if rescued else ""))
+        return Variant(name, "onnxruntime", predict, params, macs, export_dir,
+                       size_on_disk(export_dir / "model.onnx"), notes)
+
+    def ov_variant(self, of: Variant) -> Variant:
+        """The export of onnxruntime variant ``of`` run by OpenVINO instead."""
+        from mmfurnace.compress.runners import OvPredictor
+
+        notes = {k: v.removesuffix(" (precision mode)") if k == "int8_format" else v for k, v in of.notes.items()}
+        return Variant(of.name, "openvino", OvPredictor(of.path, threads=self.ort_threads), of.params, of.macs,
+                       of.path, of.size_bytes, notes)
 
     @property
     def ort_threads(self) -> int:

@@ -8,7 +8,6 @@ batch 1 (p50/p95 over distinct real samples); throughput is samples/s at batch 3
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mmfurnace.cpu import REPORT_FLAGS, cpu_isa, cpu_model, u8s8_kernel
 from mmfurnace.data.batch import Batch, collate_samples
 from mmfurnace.threads import torch_threads
 from mmfurnace.train.metrics import accuracy
@@ -28,12 +28,15 @@ Predict = Callable[[Batch], Tensor]  # batch -> logits (batch, classes), float32
 
 @dataclass(frozen=True)
 class Timing:
-    """p50_ms / p95_ms: batch-1 latency; throughput: samples/s at ``batch_size``."""
+    """p50_ms / p95_ms: batch-1 latency; throughput: samples/s at ``batch_size``;
+    cpu_throughput: the same per second of this process's CPU time (all its threads), which
+    neighbours on a shared machine barely move while they stretch wall time."""
 
     p50_ms: float
     p95_ms: float
     throughput: float
     batch_size: int
+    cpu_throughput: float | None = None
 
 
 def count_params(model: nn.Module, *, nonzero: bool = False) -> int:
@@ -123,8 +126,10 @@ def benchmark(
 ) -> dict[str, Timing]:
     """Time every predictor on the same inputs, interleaved.
 
-    singles: batch-1 requests; each round runs every predictor on the next one (latency p50/p95
-    over all rounds). batch: the throughput batch (e.g. 32 rows); each round runs it
+    singles: batch-1 requests; each warm-up round runs every predictor on all of them, each
+    timed round on the next one (latency p50/p95 over all rounds); predictors with a
+    ``settle()`` (OpenVINO, compiling static-shape copies in the background) are waited for
+    after warm-up. batch: the throughput batch (e.g. 32 rows); each round runs it
     ``calls_per_round`` times back to back per predictor, after one untimed call, and
     throughput is the median over rounds. Rounds interleave the predictors, so a slow spell of a
     shared machine hits all of them; within a round a predictor runs as a loaded server runs
@@ -139,11 +144,15 @@ def benchmark(
     names = list(predictors)
     lat: dict[str, list[float]] = {n: [] for n in names}
     thr: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     with torch_threads(threads), torch.no_grad():
-        for i in range(warmup):
+        for _ in range(warmup):
             for name in names:
-                predictors[name](singles[i % len(singles)])
+                for single in singles:
+                    predictors[name](single)
                 predictors[name](batch)
+        for predict in predictors.values():  # OpenVINO: its static-shape copies are ready
+            getattr(predict, "settle", lambda: None)()
         for r in range(rounds):
             single = singles[r % len(singles)]
             # rotate the start so no variant always runs right after the same neighbour
@@ -154,36 +163,30 @@ def benchmark(
                 lat[name].append(time.perf_counter() - started)
             for name in order:
                 predictors[name](batch)
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 for _ in range(calls_per_round):
                     predictors[name](batch)
                 thr[name].append((time.perf_counter() - started) / calls_per_round)
+                cpu[name].append((time.process_time() - cpu_started) / calls_per_round)
     return {
         n: Timing(
             p50_ms=float(np.percentile(lat[n], 50) * 1e3),
             p95_ms=float(np.percentile(lat[n], 95) * 1e3),
             throughput=float(len(batch) / np.median(thr[n])),
             batch_size=len(batch),
+            cpu_throughput=float(len(batch) / np.median(cpu[n])) if np.median(cpu[n]) > 0 else None,
         )
         for n in names
     }
 
 
 def cpu_info() -> dict[str, object]:
-    """The CPU model and the ISA flags INT8/BF16 speed depends on (avx2, avx512f,
-    avx512_vnni, avx_vnni, avx512_bf16, amx_*), read from /proc/cpuinfo (compress sits below
-    mmfurnace.bench, so it does not import bench.machine; the benchmark script records that
-    too)."""
-    model, flags = "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            if key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-    return {"cpu": model, "isa": [f for f in wanted if f in flags], "threads": torch.get_num_threads()}
+    """The CPU model, the ISA flags INT8/BF16 speed and exactness depend on (avx2, avx512f,
+    avx512_vnni, avx_vnni, avx512_bf16, amx_int8; read by CPUID, see mmfurnace.cpu), which
+    kernel ONNX Runtime multiplies U8 x S8 with, and torch's intra-op threads."""
+    isa = cpu_isa()
+    return {"cpu": cpu_model(), "isa": isa.listed(REPORT_FLAGS), "isa_source": isa.source,
+            "u8s8_kernel": u8s8_kernel(isa), "threads": torch.get_num_threads()}
 
 
 def _cast_batch(batch: Batch, dtype: torch.dtype) -> Batch:

@@ -29,6 +29,7 @@ from mmfurnace.compress.config import (
 )
 from mmfurnace.compress.context import Context, Variant
 from mmfurnace.compress.finetune import finetune
+from mmfurnace.compress.int8_weights import weights_to_u8
 from mmfurnace.compress.measure import count_macs, count_params, evaluate_predict, size_on_disk
 from mmfurnace.compress.quantize import (
     DTYPES,
@@ -38,6 +39,7 @@ from mmfurnace.compress.quantize import (
     write_variant_export,
 )
 from mmfurnace.compress.runners import TorchPredictor
+from mmfurnace.export.int8_format import INT8_FORMATS, RECORD_KEY, resolve_int8_format
 from mmfurnace.registry import Registry
 
 
@@ -46,14 +48,15 @@ class Method(NamedTuple):
     run: Callable[[Context, Any], list[Variant]]
     defaults: dict[str, Any]
     doc: str
+    family: str  # its accuracy budget: gate.BUDGETS[family]
 
 
 METHODS: Registry[Method] = Registry("compression method")
 
 
-def _method(name: str, config: type, doc: str, **defaults: Any) -> Callable[[Callable], Callable]:
+def _method(name: str, config: type, doc: str, *, family: str, **defaults: Any) -> Callable[[Callable], Callable]:
     def register(run: Callable[[Context, Any], list[Variant]]) -> Callable:
-        METHODS.register(name)(Method(config, run, defaults, doc))
+        METHODS.register(name)(Method(config, run, defaults, doc, family))
         return run
 
     return register
@@ -72,11 +75,12 @@ def _half(ctx: Context, cfg: HalfConfig) -> list[Variant]:
     return [variant]
 
 
-_method("fp16", HalfConfig, "FP16 weights and activations (eager PyTorch)", dtype="float16")(_half)
-_method("bf16", HalfConfig, "BF16 weights and activations (eager PyTorch)", dtype="bfloat16")(_half)
+_method("fp16", HalfConfig, "FP16 weights and activations (eager PyTorch)", family="half", dtype="float16")(_half)
+_method("bf16", HalfConfig, "BF16 weights and activations (eager PyTorch)", family="half", dtype="bfloat16")(_half)
 
 
-@_method("int8-dynamic", Int8DynamicConfig, "INT8 weights, per-batch activation ranges (onnxruntime or torch.ao)")
+@_method("int8-dynamic", Int8DynamicConfig, "INT8 weights, per-batch activation ranges (onnxruntime or torch.ao)",
+         family="int8")
 def _int8_dynamic(ctx: Context, cfg: Int8DynamicConfig) -> list[Variant]:
     if cfg.backend == "torch":
         model = quantize_(ctx.copy_model(), cfg)
@@ -89,18 +93,22 @@ def _int8_dynamic(ctx: Context, cfg: Int8DynamicConfig) -> list[Variant]:
     return [ctx.ort_variant("int8-dynamic", out, params=count_params(ctx.model), macs=count_macs(ctx.model, ctx.example))]
 
 
-@_method("int8-static", Int8StaticConfig, "INT8 QDQ, calibrated on real training batches (onnxruntime)")
+@_method("int8-static", Int8StaticConfig, "INT8 QDQ, calibrated on real training batches (onnxruntime)",
+         family="int8")
 def _int8_static(ctx: Context, cfg: Int8StaticConfig) -> list[Variant]:
     name = f"int8-static-{cfg.calibration}"
     out = quantize_onnx(ctx.fp32_export(), ctx.out_dir / name, cfg, calibration=ctx.calibration(cfg.num_batches))
     return [ctx.ort_variant(name, out, params=count_params(ctx.model), macs=count_macs(ctx.model, ctx.example))]
 
 
-@_method("qat", QATConfig, "fake-quant fine-tuning, converted to INT8 QDQ for onnxruntime")
+@_method("qat", QATConfig, "fake-quant fine-tuning, converted to INT8 QDQ for onnxruntime", family="int8")
 def _qat(ctx: Context, cfg: QATConfig) -> list[Variant]:
+    fmt_record = resolve_int8_format(cfg.int8_format)
+    fmt = INT8_FORMATS[fmt_record["format"]]
     model = ctx.copy_model()
     prepared = qat_mod.prepare_qat_(
-        model, lambda m, n: qat_mod.default_filter(m, n, min_reduction=cfg.min_reduction))
+        model, lambda m, n: qat_mod.default_filter(m, n, min_reduction=cfg.min_reduction),
+        reduce_range=fmt.reduce_range)
     qat_mod.calibrate_(model, ctx.calibration(cfg.num_batches))
     freeze_at = cfg.freeze_observers_after
 
@@ -119,15 +127,18 @@ def _qat(ctx: Context, cfg: QATConfig) -> list[Variant]:
         export_onnx(model, ctx.info, staging, config=ctx.meta.config.model, verify=False,
                     source=str(ctx.meta.path))
     qat_mod.fold_weight_quantize(staging / "model.onnx")
+    if fmt.weights == "u8":
+        weights_to_u8(staging / "model.onnx", staging / "model.onnx")
     out = write_variant_export(staging, staging / "model.onnx", ctx.out_dir / "qat-int8",
-                               compression=config_dict(cfg))
+                               compression={**config_dict(cfg), RECORD_KEY: fmt_record})
     shutil.rmtree(staging)
     fq = TorchPredictor(model)
     ctx.details["fake_quant_accuracy"] = evaluate_predict(fq, ctx.eval_batches, multilabel=ctx.multilabel)
     return [ctx.ort_variant("qat-int8", out, params=count_params(ctx.model), macs=count_macs(ctx.model, ctx.example))]
 
 
-@_method("sensitivity", SensitivityConfig, "per-layer INT8 sensitivity, then mixed INT8/FP32 within a budget")
+@_method("sensitivity", SensitivityConfig, "per-layer INT8 sensitivity, then mixed INT8/FP32 within a budget",
+         family="int8")
 def _sensitivity(ctx: Context, cfg: SensitivityConfig) -> list[Variant]:
     result = sens_mod.analyse(
         ctx.fp32_export(), ctx.out_dir / "sensitivity", cfg, calibration=ctx.calibration(cfg.num_batches),
@@ -140,7 +151,8 @@ def _sensitivity(ctx: Context, cfg: SensitivityConfig) -> list[Variant]:
                             macs=count_macs(ctx.model, ctx.example), kept_fp32=len(result.kept_fp32))]
 
 
-@_method("prune-unstructured", MagnitudeConfig, "L1 magnitude pruning (global or per layer) + fine-tune")
+@_method("prune-unstructured", MagnitudeConfig, "L1 magnitude pruning (global or per layer) + fine-tune",
+         family="pruning")
 def _prune_unstructured(ctx: Context, cfg: MagnitudeConfig) -> list[Variant]:
     model = ctx.copy_model()
     targets = prune_mod.magnitude_prune_(model, cfg)
@@ -153,7 +165,8 @@ def _prune_unstructured(ctx: Context, cfg: MagnitudeConfig) -> list[Variant]:
     return _torch_and_ort(ctx, name, model, path, nonzero=True)
 
 
-@_method("prune-channel", ChannelConfig, "structured channel/head pruning, fusion-aware, + fine-tune")
+@_method("prune-channel", ChannelConfig, "structured channel/head pruning, fusion-aware, + fine-tune",
+         family="pruning")
 def _prune_channel(ctx: Context, cfg: ChannelConfig) -> list[Variant]:
     model = ctx.copy_model()
     steps, widths, history = cfg.iterative_steps, {}, []
@@ -184,7 +197,7 @@ def _recover(ctx: Context, model: nn.Module, cfg: ChannelConfig) -> list[dict[st
                     params=[*model.parameters(), *criterion.proj.parameters()], select_on=ctx.valid_accuracy)
 
 
-@_method("distill", DistillConfig, "teacher -> smaller student on soft logits + features")
+@_method("distill", DistillConfig, "teacher -> smaller student on soft logits + features", family="student")
 def _distill(ctx: Context, cfg: DistillConfig) -> list[Variant]:
     from mmfurnace.models import build_model
 

@@ -44,26 +44,30 @@ QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def _activation_fake_quant() -> FakeQuantize:
-    # Full 0..255 range (no reduce_range): the CPU has VNNI, where U8xS8 does not saturate.
+    # Full 0..255 range in every INT8 format: where U8xS8 kernels saturate (x86 without
+    # VNNI) the weights are what gets narrower (reduce_range), as ORT's quantizer does it.
     return FakeQuantize(
         observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
         qscheme=torch.per_tensor_affine, reduce_range=False,
     )
 
 
-def _weight_fake_quant() -> FakeQuantize:
+def _weight_fake_quant(reduce_range: bool = False) -> FakeQuantize:
+    # reduce_range: 7-bit weights, so a pair of u8 x s7 products fits a 16-bit lane
+    low, high = (-64, 63) if reduce_range else (-128, 127)
     return FakeQuantize(
-        observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+        observer=MovingAveragePerChannelMinMaxObserver, quant_min=low, quant_max=high,
         dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
     )
 
 
 class WeightFakeQuant(nn.Module):
-    """Parametrization: weight -> fake_quant(weight), per output channel (axis 0)."""
+    """Parametrization: weight -> fake_quant(weight), per output channel (axis 0); 7-bit
+    with ``reduce_range``."""
 
-    def __init__(self) -> None:
+    def __init__(self, reduce_range: bool = False) -> None:
         super().__init__()
-        self.fake_quant = _weight_fake_quant()
+        self.fake_quant = _weight_fake_quant(reduce_range)
 
     def forward(self, weight: Tensor) -> Tensor:
         return self.fake_quant(weight)
@@ -114,9 +118,10 @@ def reduction_length(module: nn.Module) -> int:
     return module.in_channels // module.groups * math.prod(module.kernel_size)
 
 
-def prepare_qat_(model: nn.Module, filter_fn: FilterFn | None = None) -> list[str]:
+def prepare_qat_(model: nn.Module, filter_fn: FilterFn | None = None, *, reduce_range: bool = False) -> list[str]:
     """Attach fake quantization in place to the layers ``filter_fn(module, name)`` selects
-    (default :func:`default_filter`). Returns the names of the layers prepared.
+    (default :func:`default_filter`); ``reduce_range``: 7-bit weights (the u8s8-reduce-range
+    INT8 format). Returns the names of the layers prepared.
 
     Conv/Linear: weight parametrized + input fake-quant. nn.MultiheadAttention: in_proj and
     out_proj weights parametrized + the query fake-quantized (self-attention: q = k = v).
@@ -131,10 +136,10 @@ def prepare_qat_(model: nn.Module, filter_fn: FilterFn | None = None) -> list[st
         if isinstance(module, nn.MultiheadAttention):
             if not module._qkv_same_embed_dim:
                 continue  # separate q/k/v weights: rare, left in float
-            parametrize.register_parametrization(module, "in_proj_weight", WeightFakeQuant())
-            parametrize.register_parametrization(module.out_proj, "weight", WeightFakeQuant())
+            parametrize.register_parametrization(module, "in_proj_weight", WeightFakeQuant(reduce_range))
+            parametrize.register_parametrization(module.out_proj, "weight", WeightFakeQuant(reduce_range))
         elif isinstance(module, QUANTIZABLE):
-            parametrize.register_parametrization(module, "weight", WeightFakeQuant())
+            parametrize.register_parametrization(module, "weight", WeightFakeQuant(reduce_range))
         else:
             continue
         hook = InputFakeQuant()
@@ -219,15 +224,12 @@ def fold_weight_quantize(onnx_path: str | Path) -> int:
     import onnx
     from onnx import numpy_helper
 
+    from mmfurnace.compress.int8_weights import drop_unused_initializers, graph_constants
+
     path = Path(onnx_path)
     proto = onnx.load(str(path))
     graph = proto.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:  # topological order: an Identity's input is known before it
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        elif node.op_type == "Identity" and node.input[0] in consts:  # the exporter dedups this way
-            consts[node.output[0]] = consts[node.input[0]]
+    consts = graph_constants(graph)
     folded, keep = 0, []
     for node in graph.node:
         if node.op_type == "QuantizeLinear" and len(node.input) == 3 and all(i in consts for i in node.input):
@@ -244,9 +246,6 @@ def fold_weight_quantize(onnx_path: str | Path) -> int:
         keep.append(node)
     del graph.node[:]
     graph.node.extend(keep)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    alive = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(alive)
+    drop_unused_initializers(graph)
     onnx.save(proto, str(path))
     return folded

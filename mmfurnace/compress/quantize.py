@@ -13,6 +13,12 @@ Which library does what:
   deployment backend, so its INT8 numbers are compared with onnxruntime FP32 on the same
   machine, never with eager PyTorch.
 
+The INT8 format follows the CPU (mmfurnace.export.int8_format): where ORT's U8S8 kernels sum
+in 16 bits (x86 without VNNI) 8-bit weights saturate them, so ``int8_format="auto"`` quantizes
+weights to 7 bits there (ORT's ``reduce_range``); "u8u8" stores the weights as U8 afterwards
+(:func:`~mmfurnace.compress.int8_weights.weights_to_u8`). The choice is recorded in
+export.json's ``compression.int8``.
+
 Only MatMuls whose second input is a weight are quantized (``MatMulConstBOnly``): the
 attention-score MatMuls (Q·Kᵀ, P·V) multiply two activations, lose the most accuracy and gain
 little, and quantizing Softmax/Add/Where adds QLinear* ops that are slower than float.
@@ -41,9 +47,11 @@ from mmfurnace.compress.config import (
     QATConfig,
     config_dict,
 )
+from mmfurnace.compress.int8_weights import weights_to_u8
 from mmfurnace.data.batch import Batch
 from mmfurnace.data.info import DatasetInfo
 from mmfurnace.errors import ConfigError, InputError
+from mmfurnace.export.int8_format import INT8_FORMATS, RECORD_KEY, resolve_int8_format
 
 FilterFn = Callable[[nn.Module, str], bool]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -159,8 +167,14 @@ def quantize_onnx(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     export_dir, out_dir = Path(export_dir), Path(out_dir)
-    pre = preprocessed(export_dir)
+    if not isinstance(config, (Int8DynamicConfig, Int8StaticConfig)):
+        raise ConfigError(f"quantize_onnx does not take {type(config).__name__}")
+    fmt_record = resolve_int8_format(config.int8_format)
+    fmt = INT8_FORMATS[fmt_record["format"]]
     with tempfile.TemporaryDirectory(prefix="mmfurnace-quant-") as tmp:
+        # a private copy: onnxruntime writes <model>-inferred.onnx next to its input and deletes
+        # it after, which races with another process quantizing the same cached graph
+        pre = Path(shutil.copy(preprocessed(export_dir), Path(tmp) / "pre.onnx"))
         dst = Path(tmp) / ONNX_FILE
         only = list(nodes) if nodes is not None else []
         if isinstance(config, Int8DynamicConfig):
@@ -168,7 +182,7 @@ def quantize_onnx(
                 raise ConfigError("Int8DynamicConfig.backend: quantize_onnx needs 'onnxruntime'")
             quantize_dynamic(
                 pre, dst, op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
-                weight_type=QuantType.QInt8, nodes_to_quantize=only,
+                reduce_range=fmt.reduce_range, weight_type=QuantType.QInt8, nodes_to_quantize=only,
                 extra_options={"MatMulConstBOnly": True},
             )
         elif isinstance(config, Int8StaticConfig):
@@ -183,14 +197,15 @@ def quantize_onnx(
                 nodes_to_quantize=only,
                 nodes_to_exclude=[*config.exclude, *short],
                 per_channel=config.per_channel,
+                reduce_range=fmt.reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=_calibration_method(config.calibration),
                 extra_options=_calibration_options(config),
             )
-        else:
-            raise ConfigError(f"quantize_onnx does not take {type(config).__name__}")
-        compression = config_dict(config)
+        if fmt.weights == "u8":
+            weights_to_u8(dst, dst)
+        compression = {**config_dict(config), RECORD_KEY: fmt_record}
         if nodes is not None:
             compression["nodes"] = only
         return write_variant_export(export_dir, dst, out_dir, compression=compression)

@@ -1,6 +1,7 @@
 """Write compression results: rows appended to report/compression.md and compression.csv, a
 Pareto plot (accuracy vs latency, marker area = size on disk), and small table/bar-chart
-writers the sensitivity analysis uses."""
+writers the sensitivity analysis uses. Variants over their accuracy budget (gate.py) are
+marked FAILED in all three."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from typing import Any
 
 COLUMNS = (
     "run", "checkpoint", "variant", "method", "backend", "parent", "accuracy", "delta_pt",
-    "p50_ms", "p95_ms", "throughput", "speedup", "size_bytes", "params", "macs", "isa",
+    "p50_ms", "p95_ms", "throughput", "speedup", "size_bytes", "params", "macs", "isa", "budget_pt", "gate",
+    "int8_format", "cpu_throughput", "speedup_cpu",
 )
 MD_COLUMNS = (
     ("variant", "variant"), ("backend", "backend"), ("accuracy", "acc %"), ("delta_pt", "Δ pt"),
-    ("p50_ms", "p50 ms (b=1)"), ("p95_ms", "p95 ms"), ("throughput", "samples/s (b=32)"),
-    ("speedup", "× parent"), ("size_bytes", "size"), ("params", "params"), ("macs", "MACs/sample"),
-    ("isa", "CPU ISA"),
+    ("gate", "gate (budget)"), ("p50_ms", "p50 ms (b=1)"), ("p95_ms", "p95 ms"),
+    ("throughput", "samples/s (b=32)"), ("speedup", "× parent"), ("speedup_cpu", "× parent (CPU time)"),
+    ("size_bytes", "size"), ("params", "params"),
+    ("macs", "MACs/sample"), ("int8_format", "INT8 format"), ("isa", "CPU ISA"),
 )
 
 
@@ -38,7 +41,8 @@ def append_report(report_dir: str | Path, rows: Sequence[dict[str, Any]], *, tit
         if f.tell() == 0:
             f.write("# Compression results\n\nEach section: a parent model and its compressed variants, "
                     "measured in one run on the same inputs (latency interleaved). Δ pt and × parent "
-                    "compare each variant with the FP32 parent on the same backend.\n\n")
+                    "compare each variant with the FP32 parent on the same backend (× parent (CPU time): per "
+                    "second of this process's CPU time, steadier on a shared machine).\n\n")
         f.write("\n".join(section) + "\n")
     if plot:
         paths["png"] = pareto_plot(report_dir / "compression_pareto.png", rows, title=title)
@@ -47,6 +51,12 @@ def append_report(report_dir: str | Path, rows: Sequence[dict[str, Any]], *, tit
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str], *, append: bool = False) -> Path:
     new = not (append and path.is_file() and path.stat().st_size > 0)
+    if not new and _header(path) != list(columns):
+        # a file from an older release (fewer columns): rewrite it under today's header, so
+        # appended rows line up; its rows keep their values, new columns stay empty
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [*csv.DictReader(f), *rows]
+        append, new = False, True
     with path.open("a" if append else "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         if new:
@@ -56,11 +66,25 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     return path
 
 
+def _header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), [])
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     head = "| " + " | ".join(title for _, title in columns) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_fmt(key, row.get(key)) for key, _ in columns) + " |" for row in rows]
+    body = ["| " + " | ".join(_cell(key, row) for key, _ in columns) + " |" for row in rows]
     return "\n".join([head, rule, *body])
+
+
+def _cell(key: str, row: dict[str, Any]) -> str:
+    if key == "gate" and row.get("gate"):
+        budget = f"{row['budget_pt']:g} pt"
+        if row["gate"] == "FAILED":
+            return f"**FAILED** (lost {-row['delta_pt']:.2f} > {budget})"
+        return f"PASS (≤ {budget})"
+    return _fmt(key, row.get(key))
 
 
 def pareto_plot(path: Path, rows: Sequence[dict[str, Any]], *, title: str) -> Path:
@@ -73,7 +97,7 @@ def pareto_plot(path: Path, rows: Sequence[dict[str, Any]], *, title: str) -> Pa
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
-    colours = {"torch": "tab:blue", "onnxruntime": "tab:orange"}
+    colours = {"torch": "tab:blue", "onnxruntime": "tab:orange", "openvino": "tab:green"}
     biggest = max((float(r.get("size_bytes") or 0) for r in rows), default=1.0) or 1.0
     batch = next((int(r["batch_size"]) for r in rows if r.get("batch_size")), 32)
     panels = (("p50_ms", "latency p50 at batch 1 (ms, log)"),
@@ -84,18 +108,21 @@ def pareto_plot(path: Path, rows: Sequence[dict[str, Any]], *, title: str) -> Pa
                 continue
             x = r["p50_ms"] if key == "p50_ms" else 1e3 * batch / r["throughput"]
             parent = r.get("parent") in (None, "", r.get("variant"))
+            failed = r.get("gate") == "FAILED"
             ax.scatter(x, 100 * r["accuracy"], s=40 + 600 * float(r.get("size_bytes") or 0) / biggest,
-                       alpha=0.6, c=colours.get(r.get("backend"), "tab:gray"), marker="s" if parent else "o",
-                       edgecolors="black" if parent else "none")
-            ax.annotate(str(r["variant"])[:28], (x, 100 * r["accuracy"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+                       alpha=0.6, c=colours.get(r.get("backend"), "tab:gray"),
+                       marker="s" if parent else ("X" if failed else "o"),
+                       edgecolors="black" if parent else ("red" if failed else "none"), linewidths=1.5)
+            label = str(r["variant"])[:28] + (" FAILED" if failed else "")
+            ax.annotate(label, (x, 100 * r["accuracy"]), fontsize=6, xytext=(3, 3), textcoords="offset points",
+                        color="red" if failed else "black")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
     short = title if len(title) <= 110 else title[:107] + "..."
-    fig.suptitle(f"{short}\nsquares: FP32 parents; area: size on disk; blue: torch, orange: onnxruntime",
-                 fontsize=9)
+    fig.suptitle(f"{short}\nsquares: FP32 parents; area: size on disk; blue: torch, orange: onnxruntime, green: openvino; "
+                 "red X: FAILED (over its accuracy budget)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -148,7 +175,7 @@ def _fmt(key: str, value: Any) -> str:
         return f"{value:.2f}"
     if key == "throughput":
         return f"{value:.0f}"
-    if key == "speedup":
+    if key in ("speedup", "speedup_cpu"):
         return f"{value:.2f}×"
     if key == "size_bytes":
         return _bytes(int(value))

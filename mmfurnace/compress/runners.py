@@ -1,5 +1,5 @@
-"""Predictors: ``batch -> logits`` callables over eager PyTorch or onnxruntime, so every
-variant is measured through the same small interface."""
+"""Predictors: ``batch -> logits`` callables over eager PyTorch, onnxruntime or OpenVINO, so
+every variant is measured through the same small interface."""
 
 from __future__ import annotations
 
@@ -52,6 +52,27 @@ def mha_fastpath(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(before)
+
+
+class OvPredictor:
+    """An export directory run by ``RUNTIMES["openvino"]`` (CPU, ``threads``); INT8 (QDQ)
+    exports run on OpenVINO's own INT8 kernels."""
+
+    backend = "openvino"
+
+    def __init__(self, export_dir: str | Path, *, threads: int | None = None) -> None:
+        import mmfurnace.export.runtimes.openvino  # noqa: F401  (registers the backend)
+        from mmfurnace.export.runtimes.registry import RUNTIMES
+
+        self.export_dir = Path(export_dir)
+        self.runtime = RUNTIMES["openvino"](export_dir, threads=threads)
+
+    def __call__(self, batch: Batch) -> Tensor:
+        return torch.from_numpy(self.runtime.run(batch)).float()
+
+    def settle(self) -> None:
+        """Wait for the static-shape copies warm-up started (timing measures the steady state)."""
+        self.runtime.wait_for_static()
 
 
 class OrtPredictor:

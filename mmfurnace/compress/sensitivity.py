@@ -57,7 +57,8 @@ def analyse(
     """Run the analysis on ``export_dir`` (an FP32 export), writing trial exports under
     ``work_dir`` (deleted as it goes) and the mixed model to ``work_dir/mixed``."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    static = Int8StaticConfig(calibration=config.calibration, num_batches=config.num_batches)
+    static = Int8StaticConfig(calibration=config.calibration, num_batches=config.num_batches,
+                              int8_format=config.int8_format)
     calibration = list(calibration)[: config.num_batches]
     reference = _logits(OrtPredictor(export_dir, threads=threads), validation)
     labels = torch.cat([b.labels for b in validation])
@@ -89,7 +90,8 @@ def analyse(
         exclude = tuple(n for r in kept_rows for n in r["nodes"])
         if mixed.exists():
             shutil.rmtree(mixed)
-        mixed_cfg = Int8StaticConfig(calibration=config.calibration, num_batches=config.num_batches, exclude=exclude)
+        mixed_cfg = Int8StaticConfig(calibration=config.calibration, num_batches=config.num_batches, exclude=exclude,
+                                     int8_format=config.int8_format)
         if n_kept == len(rows):  # nothing left to quantize: the FP32 graph is the answer
             shutil.copytree(export_dir, mixed)
             acc = fp32_acc

@@ -39,3 +39,18 @@ def _restore_torch_rng():
     state = torch.get_rng_state()
     yield
     torch.set_rng_state(state)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """The tiny splits written as a packed dataset on disk (for the benchmark scripts, which
+    read data by path)."""
+    from mmfurnace.data.cache import write_packed
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    samples, names = [], []
+    for split, dataset in tiny_splits().items():
+        samples += dataset.samples
+        names += [split] * len(dataset.samples)
+    write_packed(root / "packed", samples, info=INFO, splits=names)
+    return root

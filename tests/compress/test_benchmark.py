@@ -6,9 +6,7 @@ import json
 
 import pytest
 
-from mmfurnace.data.cache import write_packed
 from tests.benchmark_scripts import load_benchmark
-from tests.compress.tinydata import INFO, tiny_splits
 
 
 def _load_script():
@@ -22,17 +20,10 @@ def test_method_specs_parse():
 
 
 @pytest.mark.slow
-def test_benchmark_writes_table_json_and_targets(trained, tmp_path, capsys):
-    splits = tiny_splits()
-    samples, names = [], []
-    for split in ("train", "valid", "test"):
-        for sample in splits[split].samples:
-            samples.append(sample)
-            names.append(split)
-    write_packed(tmp_path / "data" / "packed", samples, info=INFO, splits=names)
+def test_benchmark_writes_table_json_and_targets(trained, tiny_data_root, tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     code = _load_script().main([
-        "--checkpoint", str(trained), "--data-root", str(tmp_path / "data"), "--threads", "1",
+        "--checkpoint", str(trained), "--data-root", str(tiny_data_root), "--threads", "1",
         "--methods", "int8-static:num_batches=1", "prune-channel:max_steps=1",
         "--rounds", "2", "--latency-samples", "2", "--batch", "8",
         "--json", str(out_json), "--out", str(tmp_path / "report"),
@@ -48,6 +39,11 @@ def test_benchmark_writes_table_json_and_targets(trained, tmp_path, capsys):
     assert {("fp32-torch", "torch"), ("fp32-onnxruntime", "onnxruntime"), ("int8-static-minmax", "onnxruntime"),
             ("pruned-channel-50", "torch"), ("pruned-channel-50", "onnxruntime")} <= variants
     assert all("isa" in r for r in result["rows"])
+    gates = {(r["variant"], r["backend"]): (r.get("gate"), r.get("budget_pt")) for r in result["rows"]}
+    assert gates[("fp32-torch", "torch")] == (None, None)
+    assert gates[("int8-static-minmax", "onnxruntime")][1] == 1.0  # INT8 family
+    assert gates[("pruned-channel-50", "torch")][1] == 1.5  # pruning family
+    assert {g for g, _ in gates.values()} <= {None, "PASS", "FAILED"}
     statuses = {t["target"]: t["status"] for t in result["targets"]}
     assert statuses["distilled student (torch)"] == "not run"
     assert statuses["best INT8 within 1 pt (onnxruntime)"] in ("PASS", "FAIL", "not run")

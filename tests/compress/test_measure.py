@@ -88,7 +88,7 @@ def test_benchmark_times_every_predictor_on_the_same_inputs():
                         warmup=1, calls_per_round=3)
     assert set(timings) == {"a", "b"}
     assert seen["a"] == seen["b"]  # same calls, same sizes, in the same rounds
-    assert seen["a"].count(1) == 5  # 1 warm-up + 4 rounds
+    assert seen["a"].count(1) == 3 + 4  # warm-up: all 3 requests; then one per round
     assert seen["a"].count(8) == 1 + 4 * (1 + 3)  # warm-up; each round: 1 untimed + 3 timed
     assert all(t.throughput > 0 and t.p95_ms >= t.p50_ms for t in timings.values())
 

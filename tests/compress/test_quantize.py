@@ -4,6 +4,7 @@ real test inputs) and the artefacts are what they claim to be (INT8 weights, QDQ
 from __future__ import annotations
 
 import collections
+import json
 
 import onnx
 import pytest
@@ -20,7 +21,9 @@ from mmfurnace.compress import (
 from mmfurnace.compress.measure import sqnr_db
 from mmfurnace.compress.quantize import export_onnx
 from mmfurnace.compress.runners import OrtPredictor, TorchPredictor
+from mmfurnace.cpu import cpu_isa
 from mmfurnace.errors import ConfigError
+from mmfurnace.export.int8_format import choose_int8_format
 from mmfurnace.train.checkpoint import load_model
 from tests.compress.tinydata import INFO
 
@@ -83,8 +86,12 @@ def test_static_int8_needs_the_onnx_path(fp32):
 
 @pytest.mark.parametrize("calibration", ["minmax", "percentile", "entropy"])
 def test_static_int8_on_real_calibration_batches(fp32_export, ort_reference, test_batches, train_loader, tmp_path, calibration):
+    # the format chosen for the CPU this runs on (u8s8 with VNNI/AMX, 7-bit weights without)
     config = Int8StaticConfig(calibration=calibration, num_batches=2, min_reduction=0)
     out = quantize_onnx(fp32_export, tmp_path / calibration, config, calibration=train_loader)
+    recorded = json.loads((out / "export.json").read_text())["compression"]["int8"]
+    assert recorded["format"] == choose_int8_format(cpu_isa())[0].name
+    assert recorded["requested"] == "auto"
     graph = onnx.load(str(out / "model.onnx")).graph
     ops = collections.Counter(n.op_type for n in graph.node)
     assert ops["QuantizeLinear"] > 0
@@ -116,6 +123,8 @@ def test_short_reductions_stay_float(fp32_export, train_loader, tmp_path):
 
 def test_dynamic_int8_onnx(fp32_export, ort_reference, test_batches, tmp_path):
     out = quantize_onnx(fp32_export, tmp_path / "dyn", Int8DynamicConfig())
+    recorded = json.loads((out / "export.json").read_text())["compression"]["int8"]
+    assert recorded["format"] == choose_int8_format(cpu_isa())[0].name
     ops = collections.Counter(n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node)
     assert ops["MatMulInteger"] > 0
     assert ops["DynamicQuantizeLinear"] > 0

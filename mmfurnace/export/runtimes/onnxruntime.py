@@ -6,12 +6,22 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from mmfurnace.errors import ConfigError
+from mmfurnace.export.int8_format import (
+    AUTO,
+    INT8_FORMATS,
+    ORT_PRECISION_MODE,
+    RECORD_KEY,
+    Int8FormatWarning,
+    load_advice,
+    resolve_int8_format,
+)
 from mmfurnace.export.runtimes.base import (
     Runtime,
     cache_dir,
@@ -53,9 +63,14 @@ class OnnxRuntime(Runtime):
     ``SessionOptions.optimized_model_filepath``; a path: save there; False: don't),
     threads (intra-op), inter_op_threads, parallel (ORT_PARALLEL execution mode),
     cache_dir. Precision fp32, or int8 (dynamic quantization of MatMul/Gemm weights by
-    ``onnxruntime.quantization.quantize_dynamic``, cached by ONNX hash). FP16 is not offered
-    on the CPU EP: it needs a converted graph (onnxconverter-common) and ORT's CPU kernels
-    mostly run it in float32 anyway.
+    ``onnxruntime.quantization.quantize_dynamic`` in the INT8 format exact on this CPU, cached
+    by ONNX hash and format). FP16 is not offered on the CPU EP: it needs a converted graph
+    (onnxconverter-common) and ORT's CPU kernels mostly run it in float32 anyway.
+
+    INT8 across CPUs: an export quantized as u8s8 (8-bit weights) loaded on an x86 CPU without
+    VNNI, whose U8S8 kernels saturate, warns (:class:`Int8FormatWarning`) and turns on ORT's
+    precision mode (``session.x64quantprecision``: such weights run on U8U8 kernels, exact,
+    slower); ``precision_mode=True/False`` forces it. See mmfurnace.export.int8_format.
     """
 
     name = "onnxruntime"
@@ -75,6 +90,7 @@ class OnnxRuntime(Runtime):
         inter_op_threads: int | None = None,
         parallel: bool = False,
         cache_dir: str | Path | None = None,
+        precision_mode: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(export_dir, **kwargs)  # raises MissingDependencyError without ORT / its EP
@@ -99,6 +115,15 @@ class OnnxRuntime(Runtime):
         options.execution_mode = (
             ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
         )
+        self.int8_record = self._int8_record()
+        self.precision_mode = bool(precision_mode)
+        if self.provider is None:  # the GPU EPs run INT8 on their own kernels
+            advice = load_advice(self.int8_record, what=str(self.spec.directory), precision_mode=precision_mode)
+            if advice.warning:
+                warnings.warn(advice.warning, Int8FormatWarning, stacklevel=2)
+            self.precision_mode = advice.precision_mode
+        if self.precision_mode:
+            options.add_session_config_entry(ORT_PRECISION_MODE, "1")
         self.optimized_path: Path | None = None
         if optimized_model:
             self.optimized_path = (
@@ -120,13 +145,22 @@ class OnnxRuntime(Runtime):
     def _providers(self) -> list[Any]:
         return ["CPUExecutionProvider"]
 
+    def _int8_record(self) -> dict[str, Any] | None:
+        """The INT8 format of the graph this session runs: the export's own
+        (``compression.int8``) or, at precision int8, the one chosen here."""
+        if self.precision == "int8":
+            return self._dynamic_format
+        return (self.spec.raw.get("compression") or {}).get(RECORD_KEY)
+
     def _model_for_precision(self) -> Path:
         if self.precision != "int8":
             return self.onnx_path
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        self._dynamic_format = resolve_int8_format(AUTO)
+        fmt = INT8_FORMATS[self._dynamic_format["format"]]
         key = self.spec.hashes.get(self.onnx_path.name, "")[:16]
-        target = self.cache / f"{self.graph.name}.int8-dynamic.{key}.onnx"
+        target = self.cache / f"{self.graph.name}.int8-dynamic-{fmt.name}.{key}.onnx"
         if not target.is_file():
             tmp = target.with_suffix(f".{os.getpid()}.tmp.onnx")
             quantize_dynamic(
@@ -134,6 +168,7 @@ class OnnxRuntime(Runtime):
                 tmp,
                 op_types_to_quantize=["MatMul", "Gemm"],
                 weight_type=QuantType.QInt8,
+                reduce_range=fmt.reduce_range,
             )
             tmp.replace(target)
         return target
@@ -152,6 +187,8 @@ class OnnxRuntime(Runtime):
             "providers": self.session.get_providers(),
             "graph_optimization": self.graph_optimization,
             "optimized_model": str(self.optimized_path) if self.optimized_path else None,
+            "int8_format": (self.int8_record or {}).get("format"),
+            "precision_mode": self.precision_mode,
         }
 
 
