@@ -135,9 +135,12 @@ def test_export_int8_and_serving_work_on_the_pretrained_model(trained, tmp_path:
     requests = [{"image": (root / r["image"]).read_bytes(), "text": r["text"]}
                 for r in manifest if r["split"] == "test"]
 
-    async def serve():
+    async def serve(engine):
         async with engine:
-            return await engine.infer_many(requests)
+            return np.stack([p.logits for p in await engine.infer_many(requests)])
 
-    served = np.stack([p.logits for p in asyncio.run(serve())])
-    np.testing.assert_allclose(served, logits_of(model, [test]).numpy(), rtol=1e-4, atol=1e-4)
+    expected = logits_of(model, [test]).numpy()
+    np.testing.assert_allclose(asyncio.run(serve(engine)), expected, rtol=1e-4, atol=1e-4)
+    # Straight from the checkpoint too: its data config names the tokenizer pretrained:minilm.
+    eager = InferenceEngine.from_checkpoint(best, ServeConfig(mode="whole", intra_op_threads=1))
+    np.testing.assert_allclose(asyncio.run(serve(eager)), expected, rtol=1e-4, atol=1e-4)

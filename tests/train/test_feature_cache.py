@@ -102,6 +102,40 @@ def test_cache_is_reused_and_invalidated_by_weights_and_preprocessing(tmp_path: 
     assert not cache_features(model, splits, cache_dir=tmp_path).stats["image"]["hit"]
 
 
+class Repeated(Dataset):
+    """Every sample of ``base`` ``times`` times, interleaved (inputs repeat across batches)."""
+
+    def __init__(self, base: Dataset, times: int) -> None:
+        self.base, self.times, self.info = base, times, base.info
+
+    def __len__(self) -> int:
+        return len(self.base) * self.times
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.base[i % len(self.base)]
+
+
+def test_each_distinct_input_is_encoded_once(tmp_path: Path) -> None:
+    base = tiny_datasets(10, 5, 5)
+    splits = {s: Repeated(d, 3) for s, d in base.items()}
+    model = frozen_model("image", "text")
+    calls = {"image": 0}
+    encoder, forward = model.encoders["image"], model.encoders["image"].forward
+
+    def counted(x, padding=None):
+        calls["image"] += x.shape[0]
+        return forward(x, padding)
+
+    encoder.forward = counted
+    cache = cache_features(model, splits, cache_dir=tmp_path, batch_size=4)
+    distinct = sum(s.inputs.get("image") is not None for d in base.values() for s in d.samples)
+    assert cache.stats["image"]["encoded"] == calls["image"] == distinct
+    assert cache.stats["image"]["samples"] == 3 * sum(len(d) for d in base.values())
+    del encoder.forward
+    torch.testing.assert_close(logits(cache.view(model), cache.datasets(splits)["train"]),
+                               logits(model, splits["train"]), rtol=1e-5, atol=1e-5)
+
+
 def test_unfrozen_and_partly_frozen_encoders_are_not_cached(tmp_path: Path) -> None:
     model = frozen_model()  # nothing frozen
     cache = cache_features(model, tiny_datasets(8, 4, 4), cache_dir=tmp_path)

@@ -28,7 +28,8 @@ from mmfurnace.pretrained import locate
 _HOW = (
     "put the Hugging Face model files (config.json and model.safetensors or pytorch_model.bin) "
     "in a local folder, e.g. `huggingface-cli download sentence-transformers/all-MiniLM-L6-v2 "
-    "--local-dir models/minilm` on a machine with network, and set model.encoders.text.path to it"
+    "--local-dir models/minilm` on a machine with network, and set model.encoders.text.path to it "
+    "(all-MiniLM-L6-v2 itself ships as encoder 'minilm')"
 )
 
 
