@@ -5,10 +5,12 @@ they refuse, what their weights know, and freezing."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
+from mmfurnace.data.image import ImagePreprocessor
 from mmfurnace.data.info import DatasetInfo
 from mmfurnace.data.text import TextPreprocessor, load_tokenizer
 from mmfurnace.errors import ConfigError
@@ -90,6 +92,29 @@ def test_efficientnet_keeps_running_statistics_and_rows_apart(effnet) -> None:
         effnet.eval()
     torch.testing.assert_close(together[:1], alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(changed[:1], alone, rtol=1e-5, atol=1e-5)
+
+
+# Real photos (Debian's tuxpaint-stamps-default, GPL-2, read where installed) and the ImageNet
+# class each one is: the weights, the (x - 127) / 128 normalisation, the RGBA-on-white
+# compositing and our encoder's pooling must all be right for the top-1 class to come out.
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+IMAGENET_CLASS = {"animals/mammals/aquatic/orca.png": 148, "animals/mammals/aquatic/sea_lion.png": 150,
+                  "animals/mammals/apes/gorilla.png": 366, "animals/mammals/badger.png": 362,
+                  "vehicles/cycle/pink_tricycle.png": 870, "food/fruit/apple_granny_smith.png": 948}
+
+
+def test_efficientnet_recognises_real_photos_through_the_image_pipeline() -> None:
+    files = [STAMPS / name for name in IMAGENET_CLASS]
+    if not all(f.is_file() for f in files):
+        pytest.skip("Tux Paint stamps not installed (apt-get install tuxpaint-stamps-default)")
+    encoder = ENCODERS["efficientnet_lite0"](input_shape=(3, 224, 224)).eval()
+    prep = ImagePreprocessor(size=(224, 224), channels=3, mean=(IMAGE_MEAN,), std=(IMAGE_STD,))
+    # The ImageNet classifier the encoder drops, applied to its pooled vector.
+    state = torch.load(locate("efficientnet_lite0"), map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        pooled = encoder(torch.stack([prep(f) for f in files])).pooled
+    top1 = (pooled @ state["_fc.weight"].T + state["_fc.bias"]).argmax(-1)
+    assert top1.tolist() == list(IMAGENET_CLASS.values())
 
 
 @pytest.mark.parametrize(
