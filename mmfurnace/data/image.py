@@ -45,6 +45,12 @@ def decode_image(data: bytes | str | Path, *, source: str | None = None) -> Imag
     return image
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+
+
 class ImagePreprocessor:
     """Image -> (channels, height, width) float32, normalised with ``mean``/``std``.
 
@@ -111,6 +117,13 @@ class ImagePreprocessor:
             raw = np.asarray(image, dtype=np.float32)
             peak = 65535.0 if image.mode.startswith("I") else max(1.0, float(raw.max()))
             return np.clip(raw / peak, 0.0, 1.0)[..., None]
+        if _has_alpha(image):
+            # Transparent pixels keep whatever colour the file stores under them (often black):
+            # show them as a viewer does, on white, which is also what cut-out photos
+            # (e.g. Tux Paint stamps) are meant to be seen on.
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, rgba)
         pixels = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
         return pixels.reshape(pixels.shape[0], pixels.shape[1], self.channels)
 
@@ -139,7 +152,9 @@ class ImagePreprocessor:
             raise InputError(f"{name}: image array dtype must be uint8 or float, got {array.dtype}")
         if pixels.ndim == 2:
             pixels = pixels[..., None]
-        pixels = pixels[..., :3]  # drop alpha
+        if pixels.shape[2] == 4:  # composite on white, as for files with alpha
+            alpha = pixels[..., 3:]
+            pixels = pixels[..., :3] * alpha + (1.0 - alpha)
         if self.channels == 1 and pixels.shape[2] == 3:
             pixels = (pixels @ _LUMA)[..., None]
         elif self.channels == 3 and pixels.shape[2] == 1:

@@ -139,7 +139,9 @@ def ensure_tokenizer(manifest: Path, data_cfg: DataConfig) -> Path:
     """The tokenizer file for ``manifest``: the configured one, or one trained on its train
     texts and saved beside it (once)."""
     if data_cfg.text.tokenizer is not None:
-        return Path(data_cfg.text.tokenizer)
+        from mmfurnace.data.text import tokenizer_file
+
+        return tokenizer_file(data_cfg.text.tokenizer)
     path = manifest.parent / TOKENIZER_FILE
     if not path.is_file():
         from mmfurnace.data.text import build_wordpiece_tokenizer

@@ -52,8 +52,18 @@ def build_wordpiece_tokenizer(
     return tokenizer
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer.json, or the tokenizer.json inside a directory (a local HF model dir)."""
+PRETRAINED_PREFIX = "pretrained:"  # data.text.tokenizer=pretrained:minilm
+
+
+def tokenizer_file(path: str | Path) -> Path:
+    """The tokenizer.json that ``path`` names: the file itself, the tokenizer.json inside a
+    directory (a local HF model folder), or ``pretrained:NAME``, the tokenizer of pretrained
+    weights installed as a package (mmfurnace.pretrained, e.g. ``pretrained:minilm``)."""
+    text = str(path)
+    if text.startswith(PRETRAINED_PREFIX):
+        from mmfurnace.pretrained import locate
+
+        path = locate(text.removeprefix(PRETRAINED_PREFIX))
     path = Path(path)
     file = path / TOKENIZER_FILE if path.is_dir() else path
     if not file.is_file():
@@ -61,6 +71,12 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             " (only fast tokenizers saved as tokenizer.json are supported)" if path.is_dir() else ""
         )
         raise InputError(f"{file}: tokenizer file not found{hint}")
+    return file
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load the tokenizer.json that ``path`` names (see :func:`tokenizer_file`)."""
+    file = tokenizer_file(path)
     try:
         return Tokenizer.from_file(str(file))
     except Exception as exc:  # tokenizers raises a bare Exception on parse errors

@@ -14,6 +14,7 @@ checked against eager on a batch of other sizes before the export is kept.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import shutil
@@ -26,7 +27,7 @@ from torch import nn
 
 import mmfurnace
 from mmfurnace.data.info import DatasetInfo
-from mmfurnace.errors import ConfigError, InputError
+from mmfurnace.errors import ConfigError, InputError, MMFurnaceError
 from mmfurnace.export.graphs import (
     flat_example,
     graph_args,
@@ -163,8 +164,12 @@ def _copy_tokenizer(data: Any, out: Path) -> None:
     import shutil
 
     from mmfurnace.data.datasets import TOKENIZER_FILE, packed_root
+    from mmfurnace.data.text import tokenizer_file
 
-    candidates = [Path(data.text.tokenizer)] if data.text.tokenizer else []
+    candidates = []
+    if data.text.tokenizer:  # a file, a model folder or pretrained:NAME
+        with contextlib.suppress(MMFurnaceError):
+            candidates.append(tokenizer_file(data.text.tokenizer))
     candidates += [packed_root(Path(data.root)) / TOKENIZER_FILE, Path(data.root) / TOKENIZER_FILE]
     for path in candidates:
         if path.is_file():

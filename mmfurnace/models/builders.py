@@ -10,6 +10,7 @@ from mmfurnace.data.info import DatasetInfo
 from mmfurnace.errors import ConfigError
 from mmfurnace.models.classifier import MultimodalClassifier
 from mmfurnace.models.config import DEFAULT_ENCODERS, EncoderConfig, ModelConfig
+from mmfurnace.models.freeze import freeze_
 from mmfurnace.models.registry import ENCODERS, FUSIONS
 
 
@@ -20,7 +21,7 @@ def build_encoder(modality: str, cfg: EncoderConfig, info: DatasetInfo) -> nn.Mo
             f"dataset has no input shape for {modality!r}; it has {sorted(info.input_shapes)}"
         )
     try:
-        return ENCODERS[cfg.name](
+        encoder = ENCODERS[cfg.name](
             input_shape=tuple(info.input_shapes[modality]),
             input_dtype=info.input_dtypes.get(modality, "float32"),
             vocab_size=info.vocab_size,
@@ -31,6 +32,9 @@ def build_encoder(modality: str, cfg: EncoderConfig, info: DatasetInfo) -> nn.Mo
             channels=cfg.channels,
             path=cfg.path,
         )
+        if cfg.freeze:
+            freeze_(encoder, unfreeze_top=cfg.unfreeze_top, name=cfg.name)
+        return encoder
     except ConfigError as err:
         raise ConfigError(f"model.encoders.{modality}: {err}") from None
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from mmfurnace.data.batch import Batch
 from mmfurnace.errors import ConfigError, InputError
+from mmfurnace.models.freeze import restore_eval
 from mmfurnace.models.layers import zero_absent
 from mmfurnace.models.outputs import EncoderOutput, FusionOutput
 
@@ -65,6 +67,26 @@ class MultimodalClassifier(nn.Module):
             {m: nn.Linear(encoders[m].out_dim, proj_dim) for m in self.modalities}
         )
         self.multilabel = multilabel
+
+    def train(self, mode: bool = True) -> MultimodalClassifier:
+        """Train/eval mode; frozen encoder parts (models/freeze.py) stay in eval mode."""
+        super().train(mode)
+        restore_eval(self)
+        return self
+
+    def with_encoders(self, replacements: Mapping[str, nn.Module]) -> MultimodalClassifier:
+        """A classifier that shares this one's fusion, head, projections and other encoders
+        (the same parameter objects) but runs ``replacements[m]`` as the encoder of ``m``.
+        Training it trains this one. Used to run a frozen encoder from cached features."""
+        unknown = sorted(set(replacements) - set(self.modalities))
+        if unknown:
+            raise ConfigError(f"with_encoders: no modality {unknown} in {self.modalities}")
+        view = copy.copy(self)  # shallow: the submodules are shared, not copied
+        view._modules = dict(self._modules)  # its own table, so the swap below stays its own
+        view.encoders = nn.ModuleDict(
+            {m: replacements.get(m, self.encoders[m]) for m in self.modalities}
+        )
+        return view
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute encoder (and cross-attention fusion) activations in backward to save memory."""

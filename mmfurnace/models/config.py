@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 import mmfurnace.models.encoders  # noqa: F401  (fills ENCODERS)
 import mmfurnace.models.fusion  # noqa: F401  (fills FUSIONS)
@@ -26,13 +26,30 @@ class EncoderConfig(StrictModel):
         16, gt=0, description="first conv width of the CNN encoders (lenet, resnet, cnn2d); "
         "each later block doubles it"
     )
-    path: Path | None = None  # local model folder, for name "hf"
+    path: Path | None = None  # local model folder, for name "hf" (and "minilm": a copy of it)
+    freeze: bool = Field(
+        False, description="train none of this encoder's weights (it runs in eval mode); "
+        "a wholly frozen encoder's outputs are cached once (train.feature_cache)"
+    )
+    unfreeze_top: int = Field(
+        0, ge=0, description="with freeze: keep the encoder's last N blocks trainable "
+        "(fine-tuning the top of a pretrained backbone)"
+    )
 
     @field_validator("name")
     @classmethod
     def _known_encoder(cls, name: str) -> str:
         ENCODERS[name]  # raises ConfigError (a ValueError) listing the known names
         return name
+
+    @model_validator(mode="after")
+    def _unfreeze_needs_freeze(self) -> EncoderConfig:
+        if self.unfreeze_top and not self.freeze:
+            raise ValueError(
+                f"unfreeze_top {self.unfreeze_top} needs freeze: true (it unfreezes the top "
+                "blocks of a frozen encoder); without freeze every block trains already"
+            )
+        return self
 
 
 class ModelConfig(StrictModel):

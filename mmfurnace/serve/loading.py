@@ -74,7 +74,7 @@ def find_tokenizer(directory: Path, preprocessing: Mapping[str, Any] | None, *ex
     """The tokenizer for raw text: ``tokenizer.json`` in ``directory``, else the file the
     preprocessing's ``text.tokenizer`` names (relative to ``directory``, then as given), else
     ``tokenizer.json`` in ``extra`` folders; None when there is none."""
-    from mmfurnace.data.text import load_tokenizer
+    from mmfurnace.data.text import PRETRAINED_PREFIX, load_tokenizer
 
     named = ((preprocessing or {}).get("text") or {}).get("tokenizer")
     # A relative name is looked up in ``directory`` first (an export that ships its tokenizer).
@@ -83,6 +83,8 @@ def find_tokenizer(directory: Path, preprocessing: Mapping[str, Any] | None, *ex
     for path in candidates:
         if path.is_file():
             return load_tokenizer(path)
+    if named and (str(named).startswith(PRETRAINED_PREFIX) or Path(named).is_dir()):
+        return load_tokenizer(named)  # a pretrained encoder's own (pretrained:minilm), a model folder
     return None
 
 

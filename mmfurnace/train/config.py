@@ -41,5 +41,14 @@ class TrainConfig(StrictModel):
     # several contended ones (measured 26 vs 705 ms/step for the audio CNN on 2 busy cores).
     # None keeps torch's default (use it on a GPU box or a quiet many-core CPU).
     threads: int | None = Field(1, ge=1)
+    feature_cache: bool = Field(
+        True, description="compute the outputs of wholly frozen encoders once, into "
+        "feature_cache_dir, and train on them (models/feature_cache.py)"
+    )
+    feature_cache_dir: Path = Path("cache/features")
+    feature_threads: int | None = Field(
+        None, ge=1, description="torch threads for building the feature cache (None: one per "
+        "CPU core)"
+    )
     out_dir: Path = Path("runs/default")
     log_every: int = Field(20, gt=0)

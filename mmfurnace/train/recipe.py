@@ -18,6 +18,7 @@ Run directory (``train.out_dir``): ``last/``, ``best/`` (checkpoints), ``metrics
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -36,6 +37,7 @@ from mmfurnace.data.loader import make_loader
 from mmfurnace.data.subset import restrict_modalities
 from mmfurnace.errors import ConfigError, InputError
 from mmfurnace.models import build_model
+from mmfurnace.models.feature_cache import FeatureCache, cache_features, feature_progress
 from mmfurnace.threads import torch_threads
 from mmfurnace.train.checkpoint import (
     capture_rng_states,
@@ -155,6 +157,14 @@ def _train(
     modalities = list(info.modalities)  # what the dataset has of cfg.data.modalities
     _check_modality_dropout(tc.modality_dropout, modalities)
     pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda"
+
+    # --- model; frozen encoders' outputs computed once (``net`` trains, ``model`` is saved) --
+    model = build_model(cfg.model, info, modalities=modalities).to(device)
+    _init_encoders(model, tc.init_encoders, modalities)
+    model.set_grad_checkpointing(tc.grad_checkpointing)  # encoders (and attention fusion)
+    features = _feature_cache(cfg, model, splits, env, device, progress=progress)
+    splits, net = features.datasets(splits), features.view(model)
+
     sampler = DistributedSampler(
         splits["train"], num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=tc.seed
     )
@@ -163,10 +173,7 @@ def _train(
     train_loader = _loader(cfg, splits["train"], modalities, pin, sampler=sampler, drop_last=drop_last)
     valid_loader = _loader(cfg, splits["valid"], modalities, pin)
 
-    # --- model, optimiser, schedule, precision ---------------------------------------------
-    model = build_model(cfg.model, info, modalities=modalities).to(device)
-    _init_encoders(model, tc.init_encoders, modalities)
-    model.set_grad_checkpointing(tc.grad_checkpointing)  # encoders (and attention fusion)
+    # --- optimiser, schedule, precision ------------------------------------------------------
     steps_per_epoch = len(train_loader)
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(
@@ -179,11 +186,12 @@ def _train(
     state = TrainState()
     if resume:
         state = _restore(out_dir / "last", cfg, model, optimizer, scheduler, scaler)
-    ddp_model = wrap_model(model, device, env)
+    ddp_model = wrap_model(net, device, env)
     logger = RunLogger(out_dir, enabled=env.is_main, resume_step=state.step if resume else None)
     if env.is_main and not resume:
         logger.log("start", epoch=0, step=0, params=_count_params(model), device=str(device),
-                   world_size=env.world_size, steps_per_epoch=steps_per_epoch)
+                   world_size=env.world_size, steps_per_epoch=steps_per_epoch,
+                   feature_cache=features.stats)
 
     # --- the loop ----------------------------------------------------------------------------
     first_epoch = tc.epochs if state.stopped_early else state.epoch
@@ -225,7 +233,7 @@ def _train(
             }
             val = None
             if env.is_main:
-                val = evaluate(model, valid_loader, device, modalities=modalities,
+                val = evaluate(net, valid_loader, device, modalities=modalities,
                                per_modality=False, precision=tc.precision)
             val = broadcast_from_main(val, env)  # every rank takes rank 0's decisions
             state.epoch = epoch + 1
@@ -260,8 +268,8 @@ def _train(
             best_model = build_model(cfg.model, info, modalities=modalities).to(device)
             load_weights(best_model, out_dir / "best")
             test_loader = _loader(cfg, splits["test"], modalities, pin)
-            test_metrics = evaluate(best_model, test_loader, device, modalities=modalities,
-                                    precision=tc.precision)
+            test_metrics = evaluate(features.view(best_model), test_loader, device,
+                                    modalities=modalities, precision=tc.precision)
             logger.log("test", epoch=state.best_epoch, step=state.step, **_drop_empty(test_metrics))
         if env.is_main:
             write_json_atomic(out_dir / "results.json",
@@ -328,6 +336,27 @@ def _init_encoders(model: nn.Module, sources: dict[str, Path], modalities: list[
             load_encoder_weights(model, modality, directory)
         except InputError as err:
             raise ConfigError(f"train.init_encoders.{modality}: {err}") from None
+
+
+def _feature_cache(
+    cfg: RunConfig, model: nn.Module, splits: dict[str, Dataset], env: DistEnv,
+    device: torch.device, *, progress: bool,
+) -> FeatureCache:
+    """The cache entries of the wholly frozen encoders (models/feature_cache.py): rank 0 finds
+    or builds them, the other ranks then read them."""
+    if not cfg.train.feature_cache:
+        return FeatureCache()
+    kwargs: dict[str, Any] = dict(cache_dir=cfg.train.feature_cache_dir, device=device,
+                                  batch_size=cfg.data.batch_size)
+    cache = None
+    if env.is_main:
+        # A backbone's forward is large enough to use every core, unlike the small training
+        # steps that train.threads is tuned for.
+        threads = cfg.train.feature_threads or os.cpu_count()
+        with torch_threads(threads), feature_progress(progress) as report:
+            cache = cache_features(model, splits, progress=report, **kwargs)
+    barrier(env)
+    return cache if cache is not None else cache_features(model, splits, build=False, **kwargs)
 
 
 def _loader(cfg: RunConfig, dataset: Dataset, modalities: list[str], pin: bool, **kwargs: Any):

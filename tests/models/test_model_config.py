@@ -39,7 +39,7 @@ def test_unknown_fusion_lists_known_names_and_names_the_field() -> None:
 
 def test_unknown_encoder_name_is_rejected() -> None:
     with pytest.raises(
-        ConfigError, match=r"model\.encoders\.image\.name: .*known: cnn1d, cnn2d, hf, lenet"
+        ConfigError, match=r"model\.encoders\.image\.name: .*known: cnn1d, cnn2d, .*hf, lenet, .*transformer"
     ):
         parse(RunConfig, {"model": {"encoders": {"image": {"name": "vit"}}}})
 

@@ -25,7 +25,10 @@ from tests.train.tinydata import tiny_datasets, tiny_run_config
 from mmfurnace.train.recipe import train
 
 out = Path({out!r})
-cfg = tiny_run_config(out / "run", epochs=2, batch_size=4, modality_dropout={{"audio": 0.3}})
+cfg = tiny_run_config(out / "run", epochs=2, batch_size=4, modality_dropout={{"audio": 0.3}},
+                      feature_cache_dir=out / "features")
+for modality in {frozen!r}:  # frozen encoders: rank 0 builds the feature cache, rank 1 reads it
+    cfg.model.encoders[modality].freeze = True
 result = train(cfg, progress=False, datasets=tiny_datasets(train=32, valid=8, test=8))
 rank = int(os.environ["RANK"])
 torch.save(result.model.state_dict(), out / f"rank{{rank}}.pt")
@@ -34,9 +37,10 @@ torch.save(result.model.state_dict(), out / f"rank{{rank}}.pt")
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_ranks_end_identical(tmp_path):
+@pytest.mark.parametrize("frozen", [(), ("image", "text")], ids=["trainable", "feature-cache"])
+def test_torchrun_two_cpu_ranks_end_identical(tmp_path, frozen):
     script = tmp_path / "ddp_train.py"
-    script.write_text(textwrap.dedent(SCRIPT.format(out=str(tmp_path))))
+    script.write_text(textwrap.dedent(SCRIPT.format(out=str(tmp_path), frozen=list(frozen))))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
@@ -62,3 +66,5 @@ def test_torchrun_two_cpu_ranks_end_identical(tmp_path):
     assert results["test"]["samples"] == 8
     # rank 0 alone logged: each epoch once
     assert [r["epoch"] for r in read_records(tmp_path / "run" / "metrics.jsonl", "epoch")] == [1, 2]
+    start = read_records(tmp_path / "run" / "metrics.jsonl", "start")[0]
+    assert sorted(start["feature_cache"]) == sorted(frozen)

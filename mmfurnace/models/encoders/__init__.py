@@ -3,6 +3,7 @@
 from mmfurnace.models.encoders import (  # noqa: F401
     cnn1d,
     cnn2d,
+    efficientnet_lite,
     hf,
     lenet,
     mlp,
@@ -12,6 +13,7 @@ from mmfurnace.models.encoders import (  # noqa: F401
 )
 from mmfurnace.models.encoders.cnn1d import CNN1dEncoder
 from mmfurnace.models.encoders.cnn2d import CNN2dEncoder
+from mmfurnace.models.encoders.efficientnet_lite import EfficientNetLiteEncoder
 from mmfurnace.models.encoders.hf import HFEncoder
 from mmfurnace.models.encoders.lenet import LeNetEncoder
 from mmfurnace.models.encoders.mlp import MLPEncoder
@@ -22,6 +24,7 @@ from mmfurnace.models.encoders.transformer import TextTransformerEncoder
 __all__ = [
     "CNN1dEncoder",
     "CNN2dEncoder",
+    "EfficientNetLiteEncoder",
     "HFEncoder",
     "LeNetEncoder",
     "MLPEncoder",

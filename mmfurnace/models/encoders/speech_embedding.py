@@ -94,6 +94,10 @@ class SpeechEmbeddingEncoder(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
+    def freeze_groups(self) -> list[nn.Module]:
+        """Blocks in input order, for ``unfreeze_top``: stem, each stage, head."""
+        return [self.stem, *self.stages, self.head]
+
     def embed(self, frames: Tensor) -> Tensor:
         """frames (batch, T >= 76, 32) -> (batch, (T - 76) // 8 + 1, 96), no masking."""
         h = F.pad(frames.unsqueeze(1), (1, 1))  # (batch, 1, T, 34)
