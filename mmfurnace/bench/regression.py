@@ -28,7 +28,6 @@ import argparse
 import fnmatch
 import json
 import math
-import os
 import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -245,15 +244,12 @@ def _num(value: float | None) -> str:
 
 
 def save_baseline(result: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``result`` as a baseline JSON (via a temp file, so never half-written)."""
+    """Write ``result`` as a baseline JSON (atomically: never half-written)."""
     if "metrics" not in result:
         raise ValueError("a baseline needs a 'metrics' mapping")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from mmfurnace.io import write_json_atomic
+
+    return write_json_atomic(path, dict(result), sort_keys=False)
 
 
 def load_result(path: str | Path) -> dict[str, Any]:

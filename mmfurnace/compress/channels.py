@@ -29,6 +29,7 @@ from mmfurnace.models.fusion import (
     LowRankTensorFusion,
     TensorFusion,
 )
+from mmfurnace.models.surgery import slice_linear_, slice_norm_, slice_param_
 
 # --- structured: the plan ------------------------------------------------------------------------
 
@@ -54,7 +55,7 @@ def channel_prune_(model: nn.Module, config: ChannelConfig, *, example: Batch, r
         keep = pr.encoder(m, encoder, example)
         if keep is not None:
             _shrink_fusion_input(model.fusion, m, keep)
-            _slice_linear_(model.projections[m], inp=keep)
+            slice_linear_(model.projections[m], inp=keep)
             if hasattr(model.fusion, "dims"):
                 model.fusion.dims[m] = len(keep)
         widths[f"encoders.{m}"] = (before, encoder.out_dim)
@@ -62,7 +63,7 @@ def channel_prune_(model: nn.Module, config: ChannelConfig, *, example: Batch, r
         before = model.fusion.out_dim
         keep = FUSION_PRUNERS[type(model.fusion)](model.fusion, pr)
         if keep is not None and isinstance(model.head, nn.Linear):
-            _slice_linear_(model.head, inp=keep)
+            slice_linear_(model.head, inp=keep)
         widths["fusion"] = (before, model.fusion.out_dim)
     model.train(was_training)
     return {"widths": widths}
@@ -150,8 +151,8 @@ class _Pruner:
         )
         enc.embed.weight = nn.Parameter(enc.embed.weight.detach()[:, keep].clone())
         enc.embed.embedding_dim = len(keep)
-        _slice_param_(enc, "pos", keep, 2)
-        _slice_norm_(enc.norm, keep)
+        slice_param_(enc, "pos", keep, 2)
+        slice_norm_(enc.norm, keep)
         for block in enc.blocks:
             self.encoder_layer(block, keep)
         enc.out_dim = len(keep)
@@ -190,16 +191,16 @@ class _Pruner:
         attn.in_proj_weight = nn.Parameter(w[rows][:, stream].clone())
         if b is not None:
             attn.in_proj_bias = nn.Parameter(b.detach()[rows].clone())
-        _slice_linear_(attn.out_proj, out=stream, inp=v_idx)
+        slice_linear_(attn.out_proj, out=stream, inp=v_idx)
         attn.embed_dim = attn.kdim = attn.vdim = len(stream)
         attn.head_dim = new_hd
         # FFN hidden units
         hidden = layer.linear1.out_features
         ffn = self.choose([(layer.linear1.weight, 0), (layer.linear2.weight, 1)], hidden, self.count(hidden))
-        _slice_linear_(layer.linear1, out=ffn, inp=stream)
-        _slice_linear_(layer.linear2, out=stream, inp=ffn)
-        _slice_norm_(layer.norm1, stream)
-        _slice_norm_(layer.norm2, stream)
+        slice_linear_(layer.linear1, out=ffn, inp=stream)
+        slice_linear_(layer.linear2, out=stream, inp=ffn)
+        slice_norm_(layer.norm1, stream)
+        slice_norm_(layer.norm2, stream)
 
 
 # --- encoder output -> fusion input --------------------------------------------------------------
@@ -216,12 +217,12 @@ def _shrink_fusion_input(fusion: nn.Module, modality: str, keep: Tensor) -> None
 
 
 def _input_proj(fusion: nn.Module, m: str, keep: Tensor) -> None:
-    _slice_linear_(fusion.proj[m], inp=keep)
+    slice_linear_(fusion.proj[m], inp=keep)
 
 
 def _input_seq_proj(attr: str) -> Callable[[nn.Module, str, Tensor], None]:
     def shrink(fusion: nn.Module, m: str, keep: Tensor) -> None:
-        _slice_linear_(getattr(fusion, attr)[m][0], inp=keep)
+        slice_linear_(getattr(fusion, attr)[m][0], inp=keep)
 
     return shrink
 
@@ -253,15 +254,15 @@ def _prune_early(f: EarlyFusion, pr: _Pruner) -> Tensor:
         width = proj.out_features
         slot = mlp0.weight.detach()[:, offset: offset + width]
         keep = pr.choose([(proj.weight, 0), (slot, 1)], width, pr.count(width))
-        _slice_linear_(proj, out=keep)
+        slice_linear_(proj, out=keep)
         cols.append(keep + offset)
         offset += width
     n = len(f.modalities)
     cols.append(torch.arange(offset, offset + n))  # the presence indicator stays
     hidden = pr.choose([(mlp0.weight, 0), (mlp3.weight, 1)], mlp0.out_features, pr.count(mlp0.out_features))
-    _slice_linear_(mlp0, out=hidden, inp=torch.cat(cols))
+    slice_linear_(mlp0, out=hidden, inp=torch.cat(cols))
     out = pr.choose([(mlp3.weight, 0)], mlp3.out_features, pr.count(mlp3.out_features))
-    _slice_linear_(mlp3, out=out, inp=hidden)
+    slice_linear_(mlp3, out=out, inp=hidden)
     f.out_dim = len(out)
     return out
 
@@ -271,12 +272,12 @@ def _prune_cross_attention(f: CrossAttentionFusion, pr: _Pruner) -> Tensor:
     parts += [(f.type_embed, 1), (f.cls, 2), (f.norm.weight, 0)]
     stream = pr.stream_keep(parts, f.blocks, f.out_dim)
     for m in f.modalities:
-        _slice_linear_(f.proj[m], out=stream)
-    _slice_param_(f, "type_embed", stream, 1)
-    _slice_param_(f, "cls", stream, 2)
+        slice_linear_(f.proj[m], out=stream)
+    slice_param_(f, "type_embed", stream, 1)
+    slice_param_(f, "cls", stream, 2)
     for block in f.blocks:
         pr.encoder_layer(block, stream)
-    _slice_norm_(f.norm, stream)
+    slice_norm_(f.norm, stream)
     f.out_dim = len(stream)
     return stream
 
@@ -291,11 +292,11 @@ def _prune_gated(f: GatedFusion, pr: _Pruner) -> Tensor:
     parts += [(gate0.weight.detach()[:, i * width:(i + 1) * width], 1) for i in range(n)]
     keep = pr.choose(parts, width, pr.count(width))
     for m in f.modalities:
-        _slice_linear_(f.proj[m][0], out=keep)
+        slice_linear_(f.proj[m][0], out=keep)
     cols = [keep + i * width for i in range(n)] + [torch.arange(n * width, n * width + n)]
     hidden = pr.choose([(gate0.weight, 0), (gate2.weight, 1)], gate0.out_features, pr.count(gate0.out_features))
-    _slice_linear_(gate0, out=hidden, inp=torch.cat(cols))
-    _slice_linear_(gate2, inp=hidden)
+    slice_linear_(gate0, out=hidden, inp=torch.cat(cols))
+    slice_linear_(gate2, inp=hidden)
     f.out_dim = len(keep)
     return keep
 
@@ -304,8 +305,8 @@ def _prune_late(f: LateFusion, pr: _Pruner) -> None:
     for m in f.modalities:
         first, last = f.heads[m][0], f.heads[m][3]
         hidden = pr.choose([(first.weight, 0), (last.weight, 1)], first.out_features, pr.count(first.out_features))
-        _slice_linear_(first, out=hidden)
-        _slice_linear_(last, inp=hidden)
+        slice_linear_(first, out=hidden)
+        slice_linear_(last, inp=hidden)
     return None  # out_dim is num_classes
 
 
@@ -316,16 +317,16 @@ def _prune_tensor(f: TensorFusion, pr: _Pruner) -> Tensor:
     for m in f.modalities:
         proj = f.proj[m]
         keep = pr.choose([(proj.weight, 0)], proj.out_features, pr.count(proj.out_features))
-        _slice_linear_(proj, out=keep)
+        slice_linear_(proj, out=keep)
         kept_z.append(torch.cat([torch.zeros(1, dtype=torch.long), keep + 1]))  # [1; z]
     # flat index of the outer product, built in the forward's order (row-major over modalities)
     flat = torch.zeros(1, dtype=torch.long)
     for size, z in zip(sizes_before, kept_z, strict=False):
         flat = (flat.unsqueeze(1) * size + z.unsqueeze(0)).flatten()
     hidden = pr.choose([(post1.weight, 0), (post3.weight, 1)], post1.out_features, pr.count(post1.out_features))
-    _slice_linear_(post1, out=hidden, inp=flat)
+    slice_linear_(post1, out=hidden, inp=flat)
     out = pr.choose([(post3.weight, 0)], post3.out_features, pr.count(post3.out_features))
-    _slice_linear_(post3, out=out, inp=hidden)
+    slice_linear_(post3, out=out, inp=hidden)
     f.out_dim = len(out)
     return out
 
@@ -349,77 +350,3 @@ FUSION_PRUNERS: dict[type, Callable[[Any, _Pruner], Tensor | None]] = {
     TensorFusion: _prune_tensor,
     LowRankTensorFusion: _prune_low_rank,
 }
-
-
-# --- tensor surgery ------------------------------------------------------------------------------
-
-
-def _slice_linear_(layer: nn.Linear, *, out: Tensor | None = None, inp: Tensor | None = None) -> None:
-    w = layer.weight.detach()
-    if out is not None:
-        w = w[out]
-        if layer.bias is not None:
-            layer.bias = nn.Parameter(layer.bias.detach()[out].clone())
-        layer.out_features = len(out)
-    if inp is not None:
-        w = w[:, inp]
-        layer.in_features = len(inp)
-    layer.weight = nn.Parameter(w.clone())
-
-
-def _slice_norm_(norm: nn.LayerNorm, keep: Tensor) -> None:
-    if norm.weight is not None:
-        norm.weight = nn.Parameter(norm.weight.detach()[keep].clone())
-    if norm.bias is not None:
-        norm.bias = nn.Parameter(norm.bias.detach()[keep].clone())
-    norm.normalized_shape = (len(keep),)
-
-
-def _slice_param_(module: nn.Module, name: str, keep: Tensor, dim: int) -> None:
-    value = getattr(module, name).detach()
-    setattr(module, name, nn.Parameter(value.index_select(dim, keep).clone()))
-
-
-# --- saving and loading a pruned model -----------------------------------------------------------
-
-
-def shape_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """The non-tensor attributes pruning changes (``out_dim``, ``dims``, attention head width),
-    by module name; with the weights' shapes they rebuild the pruned model (:func:`resize_to_`)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, module in model.named_modules():
-        attrs: dict[str, Any] = {}
-        if isinstance(getattr(module, "out_dim", None), int):
-            attrs["out_dim"] = module.out_dim
-        if isinstance(getattr(module, "dims", None), dict):
-            attrs["dims"] = dict(module.dims)
-        if attrs:
-            out[name] = attrs
-    return out
-
-
-def resize_to_(model: nn.Module, weights: dict[str, Tensor], attributes: dict[str, dict[str, Any]]) -> nn.Module:
-    """Reshape a freshly built model's layers to the shapes in ``weights`` (a pruned model's
-    state dict) and restore ``attributes`` (from :func:`shape_attributes`); then the weights
-    load strictly. Returns the model."""
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        for pname, param in list(module.named_parameters(recurse=False)):
-            key = prefix + pname
-            if key in weights and weights[key].shape != param.shape:
-                setattr(module, pname, nn.Parameter(torch.empty(weights[key].shape, dtype=param.dtype)))
-        if isinstance(module, nn.Linear):
-            module.out_features, module.in_features = module.weight.shape
-        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            module.out_channels = module.weight.shape[0]
-            module.in_channels = module.weight.shape[1] * module.groups
-        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
-            module.normalized_shape = (module.weight.shape[0],)
-        elif isinstance(module, nn.Embedding):
-            module.num_embeddings, module.embedding_dim = module.weight.shape
-        elif isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
-            module.embed_dim = module.kdim = module.vdim = module.in_proj_weight.shape[1]
-            module.head_dim = module.in_proj_weight.shape[0] // 3 // module.num_heads
-        for attr, value in attributes.get(name, {}).items():
-            setattr(module, attr, value)
-    return model

@@ -45,6 +45,7 @@ def evaluate(
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     modalities = sorted(modalities)
     logits, labels, present = [], [], {m: [] for m in modalities}
     projected: list[dict[str, Tensor]] = []  # per batch; a batch lacking a modality may omit it
@@ -53,7 +54,7 @@ def evaluate(
     multilabel = False
     try:
         for batch in loader:
-            batch = batch.to(device)
+            batch = _cast(batch.to(device), dtype)  # an FP16/BF16 model takes inputs in its dtype
             multilabel = batch.labels.is_floating_point() and batch.labels.ndim == 2
             with autocast(device, precision):
                 out = model(batch.inputs, batch.present, batch.padding)
@@ -94,6 +95,13 @@ def only_modality(batch: Batch, modality: str) -> Batch:
     inputs = {m: x for m, x in batch.inputs.items() if m == modality}
     padding = {m: x for m, x in batch.padding.items() if m == modality}
     return Batch(inputs=inputs, padding=padding, present=present, labels=batch.labels)
+
+
+def _cast(batch: Batch, dtype: torch.dtype) -> Batch:
+    if dtype == torch.float32:
+        return batch
+    inputs = {m: x.to(dtype) if x.is_floating_point() else x for m, x in batch.inputs.items()}
+    return Batch(inputs=inputs, padding=batch.padding, present=batch.present, labels=batch.labels)
 
 
 def _join_projections(per_batch: list[dict[str, Tensor]], sizes: list[int]) -> dict[str, Tensor]:

@@ -35,6 +35,7 @@ from mmfurnace.data.datasets import build_dataset
 from mmfurnace.data.loader import make_loader
 from mmfurnace.data.subset import restrict_modalities
 from mmfurnace.errors import ConfigError, InputError
+from mmfurnace.io import write_json_atomic
 from mmfurnace.models import build_model
 from mmfurnace.threads import torch_threads
 from mmfurnace.train.checkpoint import (
@@ -45,7 +46,6 @@ from mmfurnace.train.checkpoint import (
     load_weights,
     restore_rng_states,
     save_checkpoint,
-    write_json_atomic,
 )
 from mmfurnace.train.config import TrainConfig
 from mmfurnace.train.distributed import (

@@ -17,9 +17,6 @@ Layout written by ``build_digits_av_raw(out_dir)``::
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +27,7 @@ import soundfile as sf
 
 from mmfurnace.data.builtin import digit_images, noise, number_words, speech
 from mmfurnace.errors import InputError
+from mmfurnace.io import atomic_dir
 
 CLASS_NAMES: tuple[str, ...] = number_words.NUMBER_WORDS["english"]
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -101,8 +99,8 @@ def build_digits_av_raw(
     workers: concurrent espeak-ng processes.
     overwrite: replace an existing ``out_dir/raw``; otherwise its presence is an error.
 
-    The build happens in a temporary folder beside ``out_dir`` that is renamed into place
-    at the end, so an interrupted build leaves no half-written dataset.
+    The build happens in a staging folder that is swapped into place at the end
+    (:func:`mmfurnace.io.atomic_dir`), so an interrupted build leaves no half-written dataset.
     """
     out_dir = Path(out_dir)
     deg = degradation or Degradation()
@@ -120,21 +118,13 @@ def build_digits_av_raw(
     exe = speech.find_espeak()
 
     started = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.raw-building-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
-    try:
+    with atomic_dir(final) as tmp:
         build = _build_into(
             tmp, exe, seed=seed, pairings=pairings_per_train_image,
             limit=limit_per_class, workers=workers, deg=deg, progress=progress,
         )  # fmt: skip
         build["build_seconds"] = round(time.perf_counter() - started, 2)
         _write_json(tmp / "build.json", build)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _move_into_place(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final / "manifest.jsonl"
 
 
@@ -318,16 +308,6 @@ def _build_record(
         },
         "proxy_accuracies": None,
     }
-
-
-def _move_into_place(tmp: Path, final: Path) -> None:
-    if not final.exists():
-        os.rename(tmp, final)
-        return
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_json(path: Path, obj: object) -> None:

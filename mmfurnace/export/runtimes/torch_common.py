@@ -34,26 +34,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def load_eager_model(spec: ExportSpec) -> nn.Module:
     """Rebuild the exported classifier in eager PyTorch (eval mode, CPU, float32).
 
-    From its ModelConfig + model.safetensors when the export recorded a config, else from
-    the pickled module (model.pt) written next to the weights.
+    From its ModelConfig + model.safetensors (+ the recorded shape attributes of a pruned
+    model) when the export recorded a config, as a checkpoint is loaded
+    (:func:`mmfurnace.models.weights.rebuild_model`); else from the pickled module (model.pt)
+    written next to the weights.
     """
     entry = spec.model
     config = entry.get("config")
     if config is not None:
-        import safetensors.torch
+        from mmfurnace.models import ModelConfig
+        from mmfurnace.models.weights import rebuild_model
 
-        from mmfurnace.models import ModelConfig, build_model
-
-        model = build_model(
-            ModelConfig.model_validate(config), spec.info, modalities=spec.modalities
-        )
         weights = spec.checked_path(entry.get("weights", "model.safetensors"))
-        try:
-            safetensors.torch.load_model(model, str(weights), strict=True)
-        except Exception as err:  # safetensors / shape mismatch errors
-            raise InputError(
-                f"{weights}: weights do not fit the recorded model config: {err}"
-            ) from None
+        model = rebuild_model(ModelConfig.model_validate(config), spec.info, weights,
+                              modalities=spec.modalities,
+                              shape_attributes=entry.get("shape_attributes")).float()
     elif entry.get("pickled"):
         path = spec.checked_path(entry["pickled"])
         # Our own export, hash-checked above: unpickling the module is what it was saved for.
