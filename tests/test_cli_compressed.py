@@ -121,6 +121,7 @@ def test_distilled_and_half_checkpoints_eval_and_export(run, method, options, va
     model, meta = load_model(out / variant)
     if method == "bf16":
         assert next(model.parameters()).dtype == torch.bfloat16  # loaded as it was compressed
+    cli("profile", out / variant, "--steps", "1", "--out", base / f"profile-{method}")
     cli("export", out / variant, "--out", base / f"export-{method}")
     batch = next(iter(make_loader(tiny_splits()["test"], modalities=INFO.modalities, batch_size=8, shuffle=False)))
     from mmfurnace.export import RUNTIMES

@@ -83,18 +83,19 @@ class DistillLoss(nn.Module):
             {k: nn.Identity() if s == t else nn.Linear(s, t, bias=False) for k, (s, t) in widths.items()}
         )
 
-    def forward(self, student: nn.Module, batch: Batch) -> Tensor:
+    def forward(self, out: Any, batch: Batch, present: dict[str, Tensor]) -> Tensor:
+        """The loss of the student's output ``out`` on ``batch`` (``present``: the masks the
+        student saw); the teacher runs on the batch itself. A ``loss_fn`` for train_step."""
         with torch.no_grad():
             self.teacher.eval()
             teacher_out = self.teacher(batch.inputs, batch.present, batch.padding)
-        out = student(batch.inputs, batch.present, batch.padding)
         cfg = self.config
         loss = (1 - cfg.alpha) * task_loss(out.logits, batch.labels, multilabel=self.multilabel)
         if cfg.alpha > 0:
             loss = loss + cfg.alpha * soft_target_loss(out.logits, teacher_out.logits, cfg.temperature,
                                                        multilabel=self.multilabel)
         if cfg.feature_weight > 0:
-            loss = loss + cfg.feature_weight * self.feature_loss(out, teacher_out, batch.present)
+            loss = loss + cfg.feature_weight * self.feature_loss(out, teacher_out, present)
         if cfg.unimodal_weight > 0 and out.unimodal_logits:
             loss = loss + cfg.unimodal_weight * self.unimodal_loss(out.unimodal_logits, batch)
         return loss
