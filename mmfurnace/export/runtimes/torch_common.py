@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,8 +11,7 @@ from torch import nn
 from mmfurnace.errors import ConfigError, InputError, MissingDependencyError
 from mmfurnace.export.spec import ExportSpec
 from mmfurnace.export.wrappers import wrap_graph
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from mmfurnace.precision import autocast as autocast  # the runtimes import it from here
 
 
 def torch_description(device: torch.device, threads: int | None) -> dict[str, Any]:
@@ -89,16 +86,6 @@ def outputs_to_numpy(out: Any) -> list[np.ndarray]:
             o = o.float()
         result.append(o.detach().cpu().numpy())
     return result
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """bf16/fp16 autocast on ``device`` (no-op for fp32)."""
-    if precision in _AUTOCAST:
-        with torch.autocast(device.type, dtype=_AUTOCAST[precision]):
-            yield
-    else:
-        yield
 
 
 def sync(device: torch.device) -> None:
