@@ -17,11 +17,7 @@ from mmfurnace.compress import (
     make_permanent_,
     prune_,
 )
-from mmfurnace.compress.channels import (
-    _prune_early,
-    _Pruner,
-    _shrink_fusion_input,
-)
+from mmfurnace.compress.channels import _Pruner, _shrink_fusion_input
 from mmfurnace.compress.finetune import finetune, training_loss
 from mmfurnace.compress.measure import count_macs, count_params
 from mmfurnace.compress.prune import prunable_weights
@@ -29,6 +25,7 @@ from mmfurnace.compress.quantize import export_onnx
 from mmfurnace.export.inputs import make_example_batch
 from mmfurnace.models import FUSIONS, build_model
 from mmfurnace.models.outputs import EncoderOutput
+from mmfurnace.models.registry import FUSION_PRUNERS
 from mmfurnace.models.surgery import resize_to_, shape_attributes
 from tests.compress.tinydata import INFO, tiny_model_config
 
@@ -107,15 +104,15 @@ def test_early_fusion_pruning_is_exact_when_removed_channels_are_dead():
         for m in fusion.modalities:
             fusion.proj[m].weight[1::2] = 0
             fusion.proj[m].bias[1::2] = 0
-        fusion.mlp[0].weight[1::2] = 0
-        fusion.mlp[0].bias[1::2] = 0
-        fusion.mlp[3].weight[1::2] = 0
-        fusion.mlp[3].bias[1::2] = 0
+        fusion.mlp.fc1.weight[1::2] = 0
+        fusion.mlp.fc1.bias[1::2] = 0
+        fusion.mlp.fc2.weight[1::2] = 0
+        fusion.mlp.fc2.bias[1::2] = 0
         before = head(fusion(_features(), {}).fused)
-    keep = _prune_early(fusion, _Pruner(ChannelConfig(sparsity=0.5), 0.5))
+    keep = FUSION_PRUNERS["EarlyFusion"].prune(fusion, _Pruner(ChannelConfig(sparsity=0.5), 0.5))
     head.weight = nn.Parameter(head.weight.detach()[:, keep])
     head.in_features = len(keep)
-    assert fusion.mlp[0].in_features == 4 * 3 + 3  # 3 slots of 4 + the presence indicator
+    assert fusion.mlp.fc1.in_features == 4 * 3 + 3  # 3 slots of 4 + the presence indicator
     with torch.no_grad():
         after = head(fusion(_features(), {}).fused)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)

@@ -65,5 +65,5 @@ class HFEncoder(nn.Module):
 
 
 @ENCODERS.register("hf")
-def hf(*, path: str | Path | None = None, **_: object) -> HFEncoder:
+def hf(*, path: str | Path | None = None) -> HFEncoder:
     return HFEncoder(model=load_local_model(path))
