@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from mmfurnace.bench.timing import median, time_interleaved
+from mmfurnace.errors import InputError
 
 HIGHER, LOWER = "higher", "lower"
 WALL, CPU = "wall", "cpu"
@@ -253,14 +254,15 @@ def save_baseline(result: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def load_result(path: str | Path) -> dict[str, Any]:
-    """Read a result or baseline JSON; ValueError naming the file when it is not one."""
+    """Read a result or baseline JSON; InputError (a ValueError) naming the file when it is
+    not one."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read benchmark result: {err}") from None
+        raise InputError(f"{path}: cannot read benchmark result: {err}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("metrics"), dict):
-        raise ValueError(f"{path}: not a benchmark result (no 'metrics' object)")
+        raise InputError(f"{path}: not a benchmark result (no 'metrics' object)")
     return raw
 
 

@@ -86,8 +86,3 @@ def outputs_to_numpy(out: Any) -> list[np.ndarray]:
             o = o.float()
         result.append(o.detach().cpu().numpy())
     return result
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
