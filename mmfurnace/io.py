@@ -69,12 +69,17 @@ def write_json_atomic(path: str | Path, value: Any, *, sort_keys: bool = True) -
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
+def atomic_dir(target: str | Path, *, durable: bool = True) -> Iterator[Path]:
     """Build a directory that replaces ``target`` only once complete (see the module doc).
 
         with atomic_dir(out) as staging:
             (staging / "a.json").write_text(...)
         # out now holds a.json; an exception in the block leaves out as it was
+
+    ``durable=False`` skips the fsync of every file before the swap: the swap is still atomic
+    for readers and survives the writer being killed, but after a power cut the files may not
+    all have reached the disk. For outputs of thousands of files that can be rebuilt (a
+    dataset build: 6,116 files cost 20-40 s of fsync on this project's machines).
     """
     target = Path(target)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
@@ -85,7 +90,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     done = False
     try:
         yield staging
-        _fsync_tree(staging)
+        if durable:
+            _fsync_tree(staging)
         _swap_in(staging, target)
         done = True
     finally:
