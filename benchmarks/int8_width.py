@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmfurnace.bench.machine import machine_info
     from mmfurnace.config import load_run_config
-    from mmfurnace.train.checkpoint import write_json_atomic
+    from mmfurnace.io import write_json_atomic
 
     overrides = [f"data.root={args.data_root}"] if args.data_root is not None else []
     data_cfg = load_run_config(args.config, overrides).data

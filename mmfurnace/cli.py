@@ -292,6 +292,7 @@ def bench_cmd(
     from mmfurnace.bench.regression import save_baseline as save
 
     try:
+        baseline = load_result(compare) if compare else None  # a bad file fails before the run
         result = run_engine_bench(
             source, batch_sizes=[int(b) for b in batch_sizes.split(",") if b.strip()],
             backends=backends.split(",") if backends else None,
@@ -300,8 +301,8 @@ def bench_cmd(
         )
         if save_baseline:
             typer.echo(f"baseline: {save(result, save_baseline)}")
-        if compare:
-            report = compare_results(result, load_result(compare), tolerance=tolerance)
+        if baseline is not None:
+            report = compare_results(result, baseline, tolerance=tolerance)
             print_compare(report)
             raise typer.Exit(code=report.exit_code)
     except MMFurnaceError as err:

@@ -89,12 +89,20 @@ def step_data(base: RunConfig, s: DemoSettings, console: Console) -> Path:
     lines += ["", "Presence per modality: " + ", ".join(
         f"{m} {p:.0%}" for m, p in summary["presence"].items())]
     if build.is_file():
-        meta = json.loads(build.read_text())
-        if "proxy_accuracy" in meta:
-            lines += ["", "Linear-probe accuracy per modality (how hard each one is alone):", "",
-                      "```", json.dumps(meta["proxy_accuracy"], indent=2), "```"]
+        lines += proxy_section(json.loads(build.read_text()), s.data_root)
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def proxy_section(build: dict, data_root: Path) -> list[str]:
+    """The report lines for the linear-probe accuracies ``benchmarks/digits_av_proxies.py
+    --record`` stores in the build's ``build.json`` under "proxy_accuracies", or how to get them."""
+    proxies = build.get("proxy_accuracies")
+    if not proxies:
+        return ["", "Linear-probe accuracy per modality: not recorded for this build; "
+                f"`python benchmarks/digits_av_proxies.py --root {data_root} --record` adds it."]
+    return ["", "Linear-probe accuracy per modality (how hard each one is alone):", "",
+            "```", json.dumps(proxies, indent=2), "```"]
 
 
 def fusion_variants(runs: Path, fusion_epochs: int) -> list:

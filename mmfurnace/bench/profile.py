@@ -1,9 +1,10 @@
 """Where a step's time goes: per-stage timing, a torch.profiler trace, and a diagnosis.
 
-A training step is split into the stages the recipe runs -- data (waiting on the loader),
-h2d (host -> device copy), ``encoder.<modality>`` (``model.encode``), fusion (``model.fuse``:
-fusion + head), loss (consistency projections + ``total_loss``), backward, optimizer -- and an
-inference step into data, h2d, the encoders and fusion. Stage boundaries are read with
+A training step is the recipe's own :func:`~mmfurnace.train.recipe.train_step`, split into
+stages -- data (waiting on the loader), h2d (host -> device copy), ``encoder.<modality>`` and
+fusion (fusion + head), timed by hooks on those modules, then loss (consistency projections +
+the loss), backward and optimizer, timed by train_step's ``stage`` hook -- and an inference step
+into data, h2d, the encoders and fusion. Stage boundaries are read with
 ``time.perf_counter`` (after ``torch.cuda.synchronize`` on a GPU, so kernels are counted in the
 stage that launched them); stages are contiguous, each starting where the previous ended. The
 whole step is timed on its own clock around all of them: what the stages do not cover is
@@ -202,24 +203,74 @@ class _StageTimer:
     start), so the microseconds of Python between two stages -- and any time the OS gives the
     CPU to another process right there -- count in the stage that follows instead of
     vanishing. What lies before the first and after the last stage is the report's "other".
+    A stage is a ``with timer.stage(name):`` block (the loop's own parts, and train_step's) or
+    ends at a :meth:`mark` (module hooks inside the forward pass: see :func:`_model_stages`).
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.current: dict[str, float] = {}
         self.last_end: float | None = None
+        self.depth = 0  # > 0 inside a stage block: module hooks there are part of that stage
 
     def start_step(self) -> None:
         self.current, self.last_end = {}, None
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter() if self.last_end is None else self.last_end
-        with record_function(f"mmfurnace::{name}"):
-            yield
-            synchronize(self.device)
-        self.last_end = time.perf_counter()
-        self.current[name] = self.current.get(name, 0.0) + self.last_end - start
+        if self.last_end is None:
+            self.last_end = time.perf_counter()
+        self.depth += 1
+        try:
+            with record_function(f"mmfurnace::{name}"):
+                yield
+        finally:
+            self.depth -= 1
+        self.mark(name)
+
+    def mark(self, name: str) -> None:
+        """End stage ``name`` now: it covers the time since the previous stage ended."""
+        synchronize(self.device)
+        now = time.perf_counter()
+        start = now if self.last_end is None else self.last_end
+        self.current[name] = self.current.get(name, 0.0) + now - start
+        self.last_end = now
+
+
+@contextlib.contextmanager
+def _model_stages(model: nn.Module, timer: _StageTimer) -> Iterator[None]:
+    """While inside, each encoder's forward ends stage ``encoder.<modality>`` and the head's
+    ends stage "fusion" (fusion + head), with a trace range around each: the model's own
+    forward pass is timed in parts without being rewritten. Hooks that fire inside a stage
+    block (a recomputed forward during backward, with gradient checkpointing) are ignored."""
+    ranges: dict[str, Any] = {}
+
+    def opener(name: str) -> Callable[..., None]:
+        def pre(module: nn.Module, args: Any) -> None:
+            if timer.depth == 0:
+                ranges[name] = record_function(f"mmfurnace::{name}").__enter__()
+        return pre
+
+    def closer(name: str) -> Callable[..., None]:
+        def post(module: nn.Module, args: Any, out: Any) -> None:
+            if timer.depth == 0:
+                timer.mark(name)
+                opened = ranges.pop(name, None)
+                if opened is not None:
+                    opened.__exit__(None, None, None)
+        return post
+
+    handles = []
+    for m, encoder in model.encoders.items():
+        handles += [encoder.register_forward_pre_hook(opener(f"encoder.{m}")),
+                    encoder.register_forward_hook(closer(f"encoder.{m}"))]
+    handles += [model.fusion.register_forward_pre_hook(opener("fusion")),
+                model.head.register_forward_hook(closer("fusion"))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class _Batches:
@@ -247,6 +298,7 @@ def _run(
     step: StepFn,
     loader: Any,
     *,
+    model: nn.Module,
     mode: str,
     steps: int,
     device: torch.device,
@@ -261,6 +313,38 @@ def _run(
     batches, timer = _Batches(loader), _StageTimer(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    with _model_stages(model, timer):
+        stage_seconds, step_seconds, rows = _timed_steps(step, batches, timer, device, steps=steps,
+                                                         warmup=warmup, after_step=after_step)
+        report = ProfileReport(
+            mode=mode,
+            device=str(device),
+            steps=steps,
+            rows_per_step=rows / steps,
+            stage_seconds=stage_seconds,
+            step_seconds=step_seconds,
+            memory={},
+            num_workers=getattr(loader, "num_workers", None),
+        )
+        if profile_steps:
+            _framework_profile(report, step, timer, batches, profile_steps, device, trace_path, top_n)
+    report.memory = peak_memory(device)
+    report.diagnosis = diagnose(report)
+    return report
+
+
+def _timed_steps(
+    step: StepFn,
+    batches: _Batches,
+    timer: _StageTimer,
+    device: torch.device,
+    *,
+    steps: int,
+    warmup: int,
+    after_step: Callable[[Batch], None] | None,
+) -> tuple[dict[str, list[float]], list[float], int]:
+    """Run ``warmup`` untimed then ``steps`` timed steps: (seconds per stage per step, seconds
+    per step, rows seen)."""
     for _ in range(warmup):  # lazy init, first-call allocations, worker start-up
         timer.start_step()
         step(timer, batches)
@@ -291,21 +375,7 @@ def _run(
             values.extend([0.0] * (i + 1 - len(values)))
         if after_step is not None:
             after_step(batch)  # outside the timed region
-    report = ProfileReport(
-        mode=mode,
-        device=str(device),
-        steps=steps,
-        rows_per_step=rows / steps,
-        stage_seconds=stage_seconds,
-        step_seconds=step_seconds,
-        memory={},
-        num_workers=getattr(loader, "num_workers", None),
-    )
-    if profile_steps:
-        _framework_profile(report, step, timer, batches, profile_steps, device, trace_path, top_n)
-    report.memory = peak_memory(device)
-    report.diagnosis = diagnose(report)
-    return report
+    return stage_seconds, step_seconds, rows
 
 
 def _framework_profile(
@@ -361,18 +431,18 @@ def peak_memory(device: torch.device | str) -> dict[str, float | None]:
     return out
 
 
-def _encode_all(model: nn.Module, batch: Batch, timer: _StageTimer) -> dict[str, Any]:
-    features = {}
-    for m in model.modalities:
-        if m in batch.inputs:
-            with timer.stage(f"encoder.{m}"):
-                features[m] = model.encode(m, batch.inputs[m], batch.padding.get(m), batch.present.get(m))
-    return features
-
-
-def _move(batch: Batch, device: torch.device) -> Batch:
+def _move(batch: Batch, device: torch.device, dtype: torch.dtype = torch.float32) -> Batch:
+    """``batch`` on ``device``, float inputs in ``dtype`` (an FP16/BF16 model's)."""
     pinned = device.type == "cuda" and all(t.is_pinned() for t in batch.inputs.values())
-    return batch.to(device, non_blocking=pinned)
+    batch = batch.to(device, non_blocking=pinned)
+    if dtype == torch.float32:
+        return batch
+    inputs = {m: x.to(dtype) if x.is_floating_point() else x for m, x in batch.inputs.items()}
+    return Batch(inputs=inputs, padding=batch.padding, present=batch.present, labels=batch.labels)
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def profile_training(
@@ -385,54 +455,46 @@ def profile_training(
     warmup: int = 2,
     profile_steps: int = 3,
     top_n: int = 15,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    alpha: float = 0.1,
-    beta: float = 1e-4,
-    consistency: str = "mse",
-    clip_grad_norm: float | None = 1.0,
+    train: Any | None = None,
 ) -> ProfileReport:
     """Profile ``steps`` training steps of ``model`` (a MultimodalClassifier) on ``loader``
-    (yielding Batches), as the recipe runs them: AdamW (``lr``, ``weight_decay``) and the
-    task + ``alpha`` * consistency + ``beta`` * regulariser loss, built here. The model is
+    (yielding Batches). Each step is the recipe's own
+    :func:`~mmfurnace.train.recipe.train_step` with the settings of ``train`` (a TrainConfig;
+    default: TrainConfig()): AdamW and its warmup/cosine schedule, the task + alpha *
+    consistency + beta * regulariser loss, modality dropout, clipping, and the precision --
+    a bf16 run is profiled under bf16 autocast, an fp16 one with its GradScaler. The model is
     trained in place (pass a copy to keep its weights) and left in the mode it came in."""
-    from mmfurnace.train.losses import total_loss
-    from mmfurnace.train.schedule import build_optimizer
+    from mmfurnace.train.config import TrainConfig
+    from mmfurnace.train.precision import check_precision, make_scaler
+    from mmfurnace.train.recipe import train_step
+    from mmfurnace.train.schedule import build_optimizer, warmup_cosine
 
+    tc = train if train is not None else TrainConfig()
     device = torch.device(device)
+    check_precision(tc.precision, device)
     model.to(device)
     was_training = model.training
     model.train()
-    optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay)
-    projections = getattr(model, "projections", None)
+    per_epoch = len(loader) if hasattr(loader, "__len__") else warmup + steps + profile_steps
+    optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = warmup_cosine(optimizer, warmup_steps=round(tc.warmup_epochs * per_epoch),
+                              total_steps=max(tc.epochs * per_epoch, warmup + steps + profile_steps))
+    scaler = make_scaler(tc.precision, device)
+    dropout_rng = torch.Generator().manual_seed(tc.seed)
+    dtype = _float_dtype(model)
 
     def step(timer: _StageTimer, batches: _Batches) -> Batch:
         with timer.stage("data"):
             batch = batches.next()
         with timer.stage("h2d"):
-            batch = _move(batch, device)
-        features = _encode_all(model, batch, timer)
-        with timer.stage("fusion"):
-            logits = model.fuse(features, batch.present)
-        with timer.stage("loss"):
-            embeddings = {m: f.pooled for m, f in features.items()}
-            projected = {m: projections[m](e) for m, e in embeddings.items()} if projections is not None else {}
-            loss = total_loss(
-                logits, batch.labels, projected=projected, embeddings=embeddings, present=batch.present,
-                multilabel=bool(getattr(model, "multilabel", False)), alpha=alpha, beta=beta,
-                consistency=consistency,
-            ).total
-        with timer.stage("backward"):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with timer.stage("optimizer"):
-            if clip_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            optimizer.step()
+            batch = _move(batch, device, dtype)
+        train_step(model, batch, tc=tc, multilabel=bool(model.multilabel), optimizer=optimizer,
+                   scaler=scaler, scheduler=scheduler, dropout_rng=dropout_rng, device=device,
+                   stage=timer.stage)
         return batch
 
     try:
-        return _run(step, loader, mode="train", steps=steps, device=device, warmup=warmup,
+        return _run(step, loader, model=model, mode="train", steps=steps, device=device, warmup=warmup,
                     profile_steps=profile_steps, trace_path=trace_path, top_n=top_n)
     finally:
         model.train(was_training)
@@ -460,23 +522,24 @@ def profile_inference(
     was_training = model.training
     model.eval()
     flops = [0]
+    dtype = _float_dtype(model)
 
     def step(timer: _StageTimer, batches: _Batches) -> Batch:
         with timer.stage("data"):
             batch = batches.next()
         with timer.stage("h2d"):
-            batch = _move(batch, device)
-        with torch.no_grad():
-            features = _encode_all(model, batch, timer)
-            with timer.stage("fusion"):
-                model.fuse(features, batch.present)
+            batch = _move(batch, device, dtype)
+        with torch.no_grad():  # the serving path: encoders, then fusion + head (timed by hooks)
+            features = {m: model.encode(m, batch.inputs[m], batch.padding.get(m), batch.present.get(m))
+                        for m in model.modalities if m in batch.inputs}
+            model.fuse(features, batch.present)
         return batch
 
     def add_flops(batch: Batch) -> None:
         flops[0] += count_flops(model, batch)["flops"]["total"]
 
     try:
-        report = _run(step, loader, mode="inference", steps=steps, device=device, warmup=warmup,
+        report = _run(step, loader, model=model, mode="inference", steps=steps, device=device, warmup=warmup,
                       profile_steps=profile_steps, trace_path=trace_path, top_n=top_n,
                       after_step=add_flops if count else None)
     finally:
@@ -611,11 +674,10 @@ def profile_checkpoint(
         trace = out_dir / ("trace_inference.json" if mode == "both" else "trace.json")
         reports.append(profile_inference(model, loader, trace_path=trace, peak_flops=peak, **common))
     if mode in ("train", "both"):
-        tc = train_cfg
-        reports.append(profile_training(
-            copy.deepcopy(model), loader, trace_path=out_dir / "trace.json", lr=tc.lr,
-            weight_decay=tc.weight_decay, alpha=tc.alpha, beta=tc.beta, consistency=tc.consistency,
-            clip_grad_norm=tc.clip_grad_norm, **common))
+        # trained as the recipe trains: FP32 weights (an FP16/BF16 checkpoint's are upcast),
+        # under the autocast of the precision the run trained in
+        reports.append(profile_training(copy.deepcopy(model).float(), loader, trace_path=out_dir / "trace.json",
+                                        train=train_cfg, **common))
     result = {
         "source": source,
         "machine": machine_info(),

@@ -28,7 +28,6 @@ import argparse
 import fnmatch
 import json
 import math
-import os
 import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from mmfurnace.bench.timing import median, time_interleaved
+from mmfurnace.errors import InputError
 
 HIGHER, LOWER = "higher", "lower"
 WALL, CPU = "wall", "cpu"
@@ -245,26 +245,24 @@ def _num(value: float | None) -> str:
 
 
 def save_baseline(result: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``result`` as a baseline JSON (via a temp file, so never half-written)."""
+    """Write ``result`` as a baseline JSON (atomically: never half-written)."""
     if "metrics" not in result:
         raise ValueError("a baseline needs a 'metrics' mapping")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from mmfurnace.io import write_json_atomic
+
+    return write_json_atomic(path, dict(result), sort_keys=False)
 
 
 def load_result(path: str | Path) -> dict[str, Any]:
-    """Read a result or baseline JSON; ValueError naming the file when it is not one."""
+    """Read a result or baseline JSON; InputError (a ValueError) naming the file when it is
+    not one."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read benchmark result: {err}") from None
+        raise InputError(f"{path}: cannot read benchmark result: {err}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("metrics"), dict):
-        raise ValueError(f"{path}: not a benchmark result (no 'metrics' object)")
+        raise InputError(f"{path}: not a benchmark result (no 'metrics' object)")
     return raw
 
 

@@ -5,6 +5,8 @@ against its parent (accuracy, latency, size, MACs).
 Read like torchao: ``quantize_(model, config, filter_fn=...)`` and ``prune_(model, config)``
 work in place; configs are dataclasses validated when built. ``compress(checkpoint, method,
 out_dir=..., **options)`` runs a whole method end to end (what the CLI calls).
+
+``mmfurnace.compress(checkpoint, method, out_dir=..., **options)`` runs :func:`mmfurnace.compress.api.compress`.
 """
 
 from mmfurnace.compress.api import METHODS, CompressResult, compress, known_methods, load_compressed
@@ -44,3 +46,7 @@ __all__ = [
     "quantize_",
     "quantize_onnx",
 ]
+
+from mmfurnace.entrypoints import make_callable  # noqa: E402
+
+make_callable(__name__, "mmfurnace.compress.api:compress")

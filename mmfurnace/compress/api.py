@@ -10,7 +10,6 @@ backend* (onnxruntime INT8 vs onnxruntime FP32; eager FP16 vs eager FP32).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from mmfurnace.compress import channels
 from mmfurnace.compress.config import build_config, config_dict
-from mmfurnace.compress.context import COMPRESSION_FILE, FP32, Context, Variant
+from mmfurnace.compress.context import FP32, Context, Variant
 from mmfurnace.compress.gate import FAILED, apply_gate, budget_for
 from mmfurnace.compress.measure import (
     benchmark,
@@ -267,25 +265,12 @@ def _concat(rows: list[Batch], n: int) -> Batch:
 
 
 def load_compressed(directory: str | Path) -> tuple[nn.Module, Any]:
-    """Load a checkpoint written by :func:`compress` (a pruned one has layer shapes its config
-    does not describe: they are restored from compression.json before the weights load)."""
-    from mmfurnace.train.checkpoint import load_checkpoint, load_model
+    """Load a checkpoint written by :func:`compress`: the same as
+    :func:`mmfurnace.train.checkpoint.load_model`, which reads compression.json itself (kept
+    for callers of this name)."""
+    from mmfurnace.train.checkpoint import load_model
 
-    directory = Path(directory)
-    raw = json.loads((directory / COMPRESSION_FILE).read_text()) if (directory / COMPRESSION_FILE).is_file() else {}
-    if "shape_attributes" not in raw:
-        return load_model(directory)
-    from mmfurnace.config import RunConfig
-    from mmfurnace.models import build_model
-    from mmfurnace.typed_config import parse
-
-    ckpt = load_checkpoint(directory)
-    cfg = parse(RunConfig, ckpt.config, source=str(directory))
-    model = build_model(cfg.model, ckpt.info, modalities=list(cfg.data.modalities))
-    channels.resize_to_(model, ckpt.weights, raw["shape_attributes"])
-    model.load_state_dict(ckpt.weights, strict=True)
-    model.eval()
-    return model, ckpt
+    return load_model(directory)
 
 
 def _jsonable(result: CompressResult) -> dict[str, Any]:

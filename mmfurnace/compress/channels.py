@@ -1,17 +1,20 @@
 """Structured (channel) pruning that keeps every encoder's output width in step with the
 fusion that consumes it. See :mod:`mmfurnace.compress.prune` for which library does what.
 
-Torch-Pruning's DependencyGraph prunes the CNN/MLP encoders; the rest is written here because
-Torch-Pruning does not trace it correctly: the encoder output -> fusion input coupling (dict
-inputs, concatenated modality slots plus a presence indicator, outer products, tokens
-concatenated along the sequence axis), the residual and per-head width of transformer blocks
-(which it leaves alone), each fusion's hidden width and the head's inputs.
+Torch-Pruning's DependencyGraph prunes the CNN/MLP encoders; the rest is written here and in
+the fusions because Torch-Pruning does not trace it correctly: the encoder output -> fusion
+input coupling (dict inputs, concatenated modality slots plus a presence indicator, outer
+products, tokens concatenated along the sequence axis), the residual and per-head width of
+transformer blocks (which it leaves alone), each fusion's hidden width and the head's inputs.
+How a fusion is narrowed lives next to the fusion (``FUSION_PRUNERS``, see
+:mod:`mmfurnace.models.pruning`); this module picks the channels (:class:`_Pruner`) and runs
+the pass over encoders, fusion and head.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -21,14 +24,9 @@ from mmfurnace.compress.config import ChannelConfig
 from mmfurnace.data.batch import Batch
 from mmfurnace.errors import ConfigError
 from mmfurnace.models.encoders.transformer import TextTransformerEncoder
-from mmfurnace.models.fusion import (
-    CrossAttentionFusion,
-    EarlyFusion,
-    GatedFusion,
-    LateFusion,
-    LowRankTensorFusion,
-    TensorFusion,
-)
+from mmfurnace.models.pruning import FusionPruner
+from mmfurnace.models.registry import FUSION_PRUNERS
+from mmfurnace.models.surgery import slice_linear_, slice_norm_, slice_param_
 
 # --- structured: the plan ------------------------------------------------------------------------
 
@@ -54,15 +52,15 @@ def channel_prune_(model: nn.Module, config: ChannelConfig, *, example: Batch, r
         keep = pr.encoder(m, encoder, example)
         if keep is not None:
             _shrink_fusion_input(model.fusion, m, keep)
-            _slice_linear_(model.projections[m], inp=keep)
+            slice_linear_(model.projections[m], inp=keep)
             if hasattr(model.fusion, "dims"):
                 model.fusion.dims[m] = len(keep)
         widths[f"encoders.{m}"] = (before, encoder.out_dim)
     if not _ignored("fusion", config.ignore):
         before = model.fusion.out_dim
-        keep = FUSION_PRUNERS[type(model.fusion)](model.fusion, pr)
+        keep = _fusion_pruner(model.fusion, "the fusion ('fusion')").prune(model.fusion, pr)
         if keep is not None and isinstance(model.head, nn.Linear):
-            _slice_linear_(model.head, inp=keep)
+            slice_linear_(model.head, inp=keep)
         widths["fusion"] = (before, model.fusion.out_dim)
     model.train(was_training)
     return {"widths": widths}
@@ -73,7 +71,8 @@ def _ignored(name: str, ignore: Sequence[str]) -> bool:
 
 
 class _Pruner:
-    """Channel choice: how many to keep and which (by group magnitude)."""
+    """Channel choice: how many to keep and which (by group magnitude). The
+    :class:`~mmfurnace.models.pruning.Chooser` each fusion's registered pruner is handed."""
 
     def __init__(self, config: ChannelConfig, ratio: float) -> None:
         self.config = config
@@ -150,8 +149,8 @@ class _Pruner:
         )
         enc.embed.weight = nn.Parameter(enc.embed.weight.detach()[:, keep].clone())
         enc.embed.embedding_dim = len(keep)
-        _slice_param_(enc, "pos", keep, 2)
-        _slice_norm_(enc.norm, keep)
+        slice_param_(enc, "pos", keep, 2)
+        slice_norm_(enc.norm, keep)
         for block in enc.blocks:
             self.encoder_layer(block, keep)
         enc.out_dim = len(keep)
@@ -190,240 +189,33 @@ class _Pruner:
         attn.in_proj_weight = nn.Parameter(w[rows][:, stream].clone())
         if b is not None:
             attn.in_proj_bias = nn.Parameter(b.detach()[rows].clone())
-        _slice_linear_(attn.out_proj, out=stream, inp=v_idx)
+        slice_linear_(attn.out_proj, out=stream, inp=v_idx)
         attn.embed_dim = attn.kdim = attn.vdim = len(stream)
         attn.head_dim = new_hd
         # FFN hidden units
         hidden = layer.linear1.out_features
         ffn = self.choose([(layer.linear1.weight, 0), (layer.linear2.weight, 1)], hidden, self.count(hidden))
-        _slice_linear_(layer.linear1, out=ffn, inp=stream)
-        _slice_linear_(layer.linear2, out=stream, inp=ffn)
-        _slice_norm_(layer.norm1, stream)
-        _slice_norm_(layer.norm2, stream)
+        slice_linear_(layer.linear1, out=ffn, inp=stream)
+        slice_linear_(layer.linear2, out=stream, inp=ffn)
+        slice_norm_(layer.norm1, stream)
+        slice_norm_(layer.norm2, stream)
 
 
-# --- encoder output -> fusion input --------------------------------------------------------------
+# --- encoder output -> fusion input, and the fusion itself: registered by each fusion ------------
+
+
+def _fusion_pruner(fusion: nn.Module, what: str) -> FusionPruner:
+    name = type(fusion).__name__
+    if name not in FUSION_PRUNERS:
+        raise ConfigError(
+            f"ChannelConfig: no channel pruning for fusion {name}; fusions that have it: "
+            f"{', '.join(FUSION_PRUNERS.names())}. Register one next to the fusion with "
+            f"@fusion_pruner({name}, shrink_input=...) (mmfurnace.models.pruning), or leave "
+            f"{what} out with ignore=(...)"
+        )
+    return FUSION_PRUNERS[name]
 
 
 def _shrink_fusion_input(fusion: nn.Module, modality: str, keep: Tensor) -> None:
     """Drop the input columns of ``fusion``'s layers that read encoder ``modality``'s output."""
-    if type(fusion) not in FUSION_INPUTS:
-        raise ConfigError(
-            f"ChannelConfig: no fusion-aware pruning for {type(fusion).__name__}; "
-            f"leave the encoders out with ignore=('encoders',)"
-        )
-    FUSION_INPUTS[type(fusion)](fusion, modality, keep)
-
-
-def _input_proj(fusion: nn.Module, m: str, keep: Tensor) -> None:
-    _slice_linear_(fusion.proj[m], inp=keep)
-
-
-def _input_seq_proj(attr: str) -> Callable[[nn.Module, str, Tensor], None]:
-    def shrink(fusion: nn.Module, m: str, keep: Tensor) -> None:
-        _slice_linear_(getattr(fusion, attr)[m][0], inp=keep)
-
-    return shrink
-
-
-def _input_factors(fusion: LowRankTensorFusion, m: str, keep: Tensor) -> None:
-    # factor rows are [1; z]: row 0 multiplies the constant 1 and stays
-    rows = torch.cat([torch.zeros(1, dtype=torch.long), keep + 1])
-    fusion.factors[m] = nn.Parameter(fusion.factors[m].detach()[:, rows].clone())
-
-
-FUSION_INPUTS: dict[type, Callable[[Any, str, Tensor], None]] = {
-    EarlyFusion: _input_proj,
-    CrossAttentionFusion: _input_proj,
-    TensorFusion: _input_proj,
-    GatedFusion: _input_seq_proj("proj"),
-    LateFusion: _input_seq_proj("heads"),
-    LowRankTensorFusion: _input_factors,
-}
-
-
-# --- fusion internals (return the kept fused channels, or None when out_dim is unchanged) -------
-
-
-def _prune_early(f: EarlyFusion, pr: _Pruner) -> Tensor:
-    mlp0, mlp3 = f.mlp[0], f.mlp[3]
-    cols, offset = [], 0
-    for m in f.modalities:
-        proj = f.proj[m]
-        width = proj.out_features
-        slot = mlp0.weight.detach()[:, offset: offset + width]
-        keep = pr.choose([(proj.weight, 0), (slot, 1)], width, pr.count(width))
-        _slice_linear_(proj, out=keep)
-        cols.append(keep + offset)
-        offset += width
-    n = len(f.modalities)
-    cols.append(torch.arange(offset, offset + n))  # the presence indicator stays
-    hidden = pr.choose([(mlp0.weight, 0), (mlp3.weight, 1)], mlp0.out_features, pr.count(mlp0.out_features))
-    _slice_linear_(mlp0, out=hidden, inp=torch.cat(cols))
-    out = pr.choose([(mlp3.weight, 0)], mlp3.out_features, pr.count(mlp3.out_features))
-    _slice_linear_(mlp3, out=out, inp=hidden)
-    f.out_dim = len(out)
-    return out
-
-
-def _prune_cross_attention(f: CrossAttentionFusion, pr: _Pruner) -> Tensor:
-    parts = [(f.proj[m].weight, 0) for m in f.modalities]
-    parts += [(f.type_embed, 1), (f.cls, 2), (f.norm.weight, 0)]
-    stream = pr.stream_keep(parts, f.blocks, f.out_dim)
-    for m in f.modalities:
-        _slice_linear_(f.proj[m], out=stream)
-    _slice_param_(f, "type_embed", stream, 1)
-    _slice_param_(f, "cls", stream, 2)
-    for block in f.blocks:
-        pr.encoder_layer(block, stream)
-    _slice_norm_(f.norm, stream)
-    f.out_dim = len(stream)
-    return stream
-
-
-def _prune_gated(f: GatedFusion, pr: _Pruner) -> Tensor:
-    # fused = sum_m gate_m * h_m: every modality's hidden channels are added together, so one
-    # set of channels is kept for all of them.
-    gate0, gate2 = f.gate[0], f.gate[2]
-    width = f.out_dim
-    n = len(f.modalities)
-    parts = [(f.proj[m][0].weight, 0) for m in f.modalities]
-    parts += [(gate0.weight.detach()[:, i * width:(i + 1) * width], 1) for i in range(n)]
-    keep = pr.choose(parts, width, pr.count(width))
-    for m in f.modalities:
-        _slice_linear_(f.proj[m][0], out=keep)
-    cols = [keep + i * width for i in range(n)] + [torch.arange(n * width, n * width + n)]
-    hidden = pr.choose([(gate0.weight, 0), (gate2.weight, 1)], gate0.out_features, pr.count(gate0.out_features))
-    _slice_linear_(gate0, out=hidden, inp=torch.cat(cols))
-    _slice_linear_(gate2, inp=hidden)
-    f.out_dim = len(keep)
-    return keep
-
-
-def _prune_late(f: LateFusion, pr: _Pruner) -> None:
-    for m in f.modalities:
-        first, last = f.heads[m][0], f.heads[m][3]
-        hidden = pr.choose([(first.weight, 0), (last.weight, 1)], first.out_features, pr.count(first.out_features))
-        _slice_linear_(first, out=hidden)
-        _slice_linear_(last, inp=hidden)
-    return None  # out_dim is num_classes
-
-
-def _prune_tensor(f: TensorFusion, pr: _Pruner) -> Tensor:
-    post1, post3 = f.post[1], f.post[3]
-    sizes_before = [f.proj[m].out_features + 1 for m in f.modalities]
-    kept_z = []
-    for m in f.modalities:
-        proj = f.proj[m]
-        keep = pr.choose([(proj.weight, 0)], proj.out_features, pr.count(proj.out_features))
-        _slice_linear_(proj, out=keep)
-        kept_z.append(torch.cat([torch.zeros(1, dtype=torch.long), keep + 1]))  # [1; z]
-    # flat index of the outer product, built in the forward's order (row-major over modalities)
-    flat = torch.zeros(1, dtype=torch.long)
-    for size, z in zip(sizes_before, kept_z, strict=False):
-        flat = (flat.unsqueeze(1) * size + z.unsqueeze(0)).flatten()
-    hidden = pr.choose([(post1.weight, 0), (post3.weight, 1)], post1.out_features, pr.count(post1.out_features))
-    _slice_linear_(post1, out=hidden, inp=flat)
-    out = pr.choose([(post3.weight, 0)], post3.out_features, pr.count(post3.out_features))
-    _slice_linear_(post3, out=out, inp=hidden)
-    f.out_dim = len(out)
-    return out
-
-
-def _prune_low_rank(f: LowRankTensorFusion, pr: _Pruner) -> Tensor:
-    width = f.out_dim
-    parts = [(f.factors[m], 2) for m in f.modalities] + [(f.bias.unsqueeze(0), 1)]
-    keep = pr.choose(parts, width, pr.count(width))
-    for m in f.modalities:
-        f.factors[m] = nn.Parameter(f.factors[m].detach()[:, :, keep].clone())
-    f.bias = nn.Parameter(f.bias.detach()[keep].clone())
-    f.out_dim = len(keep)
-    return keep
-
-
-FUSION_PRUNERS: dict[type, Callable[[Any, _Pruner], Tensor | None]] = {
-    EarlyFusion: _prune_early,
-    CrossAttentionFusion: _prune_cross_attention,
-    GatedFusion: _prune_gated,
-    LateFusion: _prune_late,
-    TensorFusion: _prune_tensor,
-    LowRankTensorFusion: _prune_low_rank,
-}
-
-
-# --- tensor surgery ------------------------------------------------------------------------------
-
-
-def _slice_linear_(layer: nn.Linear, *, out: Tensor | None = None, inp: Tensor | None = None) -> None:
-    w = layer.weight.detach()
-    if out is not None:
-        w = w[out]
-        if layer.bias is not None:
-            layer.bias = nn.Parameter(layer.bias.detach()[out].clone())
-        layer.out_features = len(out)
-    if inp is not None:
-        w = w[:, inp]
-        layer.in_features = len(inp)
-    layer.weight = nn.Parameter(w.clone())
-
-
-def _slice_norm_(norm: nn.LayerNorm, keep: Tensor) -> None:
-    if norm.weight is not None:
-        norm.weight = nn.Parameter(norm.weight.detach()[keep].clone())
-    if norm.bias is not None:
-        norm.bias = nn.Parameter(norm.bias.detach()[keep].clone())
-    norm.normalized_shape = (len(keep),)
-
-
-def _slice_param_(module: nn.Module, name: str, keep: Tensor, dim: int) -> None:
-    value = getattr(module, name).detach()
-    setattr(module, name, nn.Parameter(value.index_select(dim, keep).clone()))
-
-
-# --- saving and loading a pruned model -----------------------------------------------------------
-
-
-def shape_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """The non-tensor attributes pruning changes (``out_dim``, ``dims``, attention head width),
-    by module name; with the weights' shapes they rebuild the pruned model (:func:`resize_to_`)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, module in model.named_modules():
-        attrs: dict[str, Any] = {}
-        if isinstance(getattr(module, "out_dim", None), int):
-            attrs["out_dim"] = module.out_dim
-        if isinstance(getattr(module, "dims", None), dict):
-            attrs["dims"] = dict(module.dims)
-        if attrs:
-            out[name] = attrs
-    return out
-
-
-def resize_to_(model: nn.Module, weights: dict[str, Tensor], attributes: dict[str, dict[str, Any]]) -> nn.Module:
-    """Reshape a freshly built model's layers to the shapes in ``weights`` (a pruned model's
-    state dict) and restore ``attributes`` (from :func:`shape_attributes`); then the weights
-    load strictly. Returns the model."""
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        for pname, param in list(module.named_parameters(recurse=False)):
-            key = prefix + pname
-            if key in weights and weights[key].shape != param.shape:
-                setattr(module, pname, nn.Parameter(torch.empty(weights[key].shape, dtype=param.dtype)))
-        if isinstance(module, nn.Linear):
-            module.out_features, module.in_features = module.weight.shape
-        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            # Torch-Pruning prunes a depthwise conv's groups along with its channels
-            depthwise = module.groups > 1 and module.groups == module.out_channels
-            module.out_channels = module.weight.shape[0]
-            if depthwise:
-                module.groups = module.out_channels
-            module.in_channels = module.weight.shape[1] * module.groups
-        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
-            module.normalized_shape = (module.weight.shape[0],)
-        elif isinstance(module, nn.Embedding):
-            module.num_embeddings, module.embedding_dim = module.weight.shape
-        elif isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
-            module.embed_dim = module.kdim = module.vdim = module.in_proj_weight.shape[1]
-            module.head_dim = module.in_proj_weight.shape[0] // 3 // module.num_heads
-        for attr, value in attributes.get(name, {}).items():
-            setattr(module, attr, value)
-    return model
+    _fusion_pruner(fusion, "the encoders ('encoders')").shrink_input(fusion, modality, keep)

@@ -20,7 +20,6 @@ from mmfurnace.compress.runners import OrtPredictor, TorchPredictor
 from mmfurnace.data.batch import Batch
 from mmfurnace.export.int8_format import INT8_FORMATS
 
-COMPRESSION_FILE = "compression.json"
 FP32 = {"torch": "fp32-torch", "onnxruntime": "fp32-onnxruntime", "openvino": "fp32-openvino"}
 
 
@@ -124,14 +123,14 @@ class Context:
 
     def save_checkpoint(self, name: str, model: nn.Module, *, config: Any | None = None,
                         compression: dict[str, Any]) -> Path:
-        """A training-format checkpoint of ``model`` (+ compression.json) under out_dir/name."""
-        from mmfurnace.train.checkpoint import save_checkpoint, write_json_atomic
+        """A training-format checkpoint of ``model`` with its compression.json under out_dir/name
+        (written together: the directory appears whole or not at all)."""
+        from mmfurnace.train.checkpoint import save_checkpoint
 
         run_cfg = config if config is not None else self.meta.config
-        directory = save_checkpoint(
+        return save_checkpoint(
             self.out_dir / name, model=model, optimizer=None, scheduler=None, scaler=None,
             epoch=self.meta.epoch, step=self.meta.step, rng_states=None,
             config=run_cfg.model_dump(mode="json"), info=self.info, metrics={},
+            compression={**compression, "parent": str(self.meta.path)},
         )
-        write_json_atomic(directory / COMPRESSION_FILE, {**compression, "parent": str(self.meta.path)})
-        return directory

@@ -44,10 +44,12 @@ def student_config(teacher_cfg: Any, config: DistillConfig) -> Any:
         return max(heads, int(round(dim * config.width / heads)) * heads)
 
     for enc in raw["encoders"].values():
-        enc["dim"] = scale(enc["dim"], enc.get("heads", 1) if enc["name"] == "transformer" else 1)
-        if isinstance(enc.get("channels"), int):  # conv width, where the encoder config has one
+        takes = _settings_of(enc)
+        if "dim" in takes:
+            enc["dim"] = scale(enc["dim"], enc.get("heads", 1) if "heads" in takes else 1)
+        if "channels" in takes:  # conv width, where the encoder has one
             enc["channels"] = scale(enc["channels"])
-        if config.layers is not None:
+        if config.layers is not None and "layers" in takes:
             enc["layers"] = config.layers
     if config.fusion is not None:
         raw["fusion"] = config.fusion
@@ -56,6 +58,16 @@ def student_config(teacher_cfg: Any, config: DistillConfig) -> Any:
     raw["tensor_dim"] = scale(raw["tensor_dim"])
     raw["proj_dim"] = scale(raw["proj_dim"])
     return parse(ModelConfig, raw, source="DistillConfig(width)")
+
+
+def _settings_of(encoder: dict[str, Any]) -> set[str]:
+    """The settings an encoder (a dumped EncoderConfig) takes."""
+    from mmfurnace.models.config import EncoderConfig, settings_taken
+    from mmfurnace.models.registry import ENCODERS
+
+    offered = EncoderConfig.model_validate(encoder).settings()
+    taken = settings_taken(ENCODERS[encoder["name"]], offered)
+    return set(offered) if taken is None else taken
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -83,18 +95,19 @@ class DistillLoss(nn.Module):
             {k: nn.Identity() if s == t else nn.Linear(s, t, bias=False) for k, (s, t) in widths.items()}
         )
 
-    def forward(self, student: nn.Module, batch: Batch) -> Tensor:
+    def forward(self, out: Any, batch: Batch, present: dict[str, Tensor]) -> Tensor:
+        """The loss of the student's output ``out`` on ``batch`` (``present``: the masks the
+        student saw); the teacher runs on the batch itself. A ``loss_fn`` for train_step."""
         with torch.no_grad():
             self.teacher.eval()
             teacher_out = self.teacher(batch.inputs, batch.present, batch.padding)
-        out = student(batch.inputs, batch.present, batch.padding)
         cfg = self.config
         loss = (1 - cfg.alpha) * task_loss(out.logits, batch.labels, multilabel=self.multilabel)
         if cfg.alpha > 0:
             loss = loss + cfg.alpha * soft_target_loss(out.logits, teacher_out.logits, cfg.temperature,
                                                        multilabel=self.multilabel)
         if cfg.feature_weight > 0:
-            loss = loss + cfg.feature_weight * self.feature_loss(out, teacher_out, batch.present)
+            loss = loss + cfg.feature_weight * self.feature_loss(out, teacher_out, present)
         if cfg.unimodal_weight > 0 and out.unimodal_logits:
             loss = loss + cfg.unimodal_weight * self.unimodal_loss(out.unimodal_logits, batch)
         return loss

@@ -1,10 +1,11 @@
 """A short fine-tune loop after a lossy compression step (pruning, QAT, distillation).
 
-The loop is written out (torchtune-style recipe, no Trainer): AdamW, cosine decay, the
-training loss of :mod:`mmfurnace.train.losses` (task + alpha * consistency + beta *
-regulariser) unless the caller passes its own ``loss_fn`` (distillation does). ``on_step`` is
-called after every optimiser step, so QAT can freeze its observers and pruning can hold its
-masks. Runs on the CPU by default; seeds nothing (the caller owns the RNG).
+The loop is written out (torchtune-style recipe, no Trainer): AdamW, cosine decay, and each
+step is the training recipe's own :func:`~mmfurnace.train.recipe.train_step` (FP32, no
+modality dropout) with the training loss of :mod:`mmfurnace.train.losses` (task + alpha *
+consistency + beta * regulariser) or the caller's ``loss_fn`` (distillation passes its own).
+``on_step`` is called after every optimiser step, so QAT can freeze its observers and pruning
+can hold its masks. Runs on the CPU by default; seeds nothing (the caller owns the RNG).
 """
 
 from __future__ import annotations
@@ -18,25 +19,12 @@ from torch import Tensor, nn
 
 from mmfurnace.compress.config import FinetuneConfig
 from mmfurnace.data.batch import Batch
-from mmfurnace.train.losses import total_loss
+from mmfurnace.train.config import TrainConfig
+from mmfurnace.train.losses import LossFn, LossParts
+from mmfurnace.train.losses import training_loss as training_loss  # the loss callers pass here
+from mmfurnace.train.precision import make_scaler
+from mmfurnace.train.recipe import train_step
 from mmfurnace.train.schedule import build_optimizer, warmup_cosine
-
-LossFn = Callable[[nn.Module, Batch], Tensor]
-
-
-def training_loss(*, multilabel: bool, alpha: float = 0.1, beta: float = 1e-4,
-                  consistency: str = "mse", temperature: float = 0.1) -> LossFn:
-    """The recipe's loss (:func:`mmfurnace.train.losses.total_loss`) as ``loss_fn(model, batch)``."""
-
-    def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
-        out = model(batch.inputs, batch.present, batch.padding)
-        return total_loss(
-            out.logits, batch.labels, projected=out.projected, embeddings=out.embeddings,
-            present=batch.present, multilabel=multilabel, alpha=alpha, beta=beta,
-            consistency=consistency, temperature=temperature,
-        ).total
-
-    return loss_fn
 
 
 def finetune(
@@ -52,8 +40,9 @@ def finetune(
     select_on: Callable[[nn.Module], float] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``config.epochs`` passes over ``loader`` (capped at
-    ``config.max_steps`` steps). ``params``: what to optimise (default: the model's, plus
-    whatever ``loss_fn`` owns is the caller's to pass). ``on_step(step, total_steps)`` runs
+    ``config.max_steps`` steps). ``loss_fn(output, batch, present)``: e.g.
+    :func:`training_loss` or a DistillLoss. ``params``: what to optimise (default: the
+    model's, plus whatever ``loss_fn`` owns is the caller's to pass). ``on_step(step, total_steps)`` runs
     after each optimiser step. ``select_on(model) -> score`` (higher is better, e.g. validation
     accuracy) runs after each epoch, and the model ends with the weights of its best epoch, as
     training keeps its best checkpoint. Returns one record per epoch: {"epoch", "loss",
@@ -70,6 +59,9 @@ def finetune(
     optimizer = build_optimizer(holder, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = warmup_cosine(optimizer, warmup_steps=0, total_steps=max(total, 1))
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    # the recipe's step in FP32, without modality dropout (as the fine-tunes always ran)
+    tc = TrainConfig(precision="fp32", modality_dropout={}, clip_grad_norm=clip_grad_norm)
+    scaler = make_scaler(tc.precision, torch.device(device))  # disabled: FP32 needs no scaling
     history: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Tensor]] | None = None
     step = 0
@@ -81,13 +73,9 @@ def finetune(
                 if step >= total:
                     break
                 batch = batch.to(device)
-                loss = loss_fn(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(trainable, clip_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                parts = train_step(model, batch, tc=tc, optimizer=optimizer, scaler=scaler, scheduler=scheduler,
+                                   device=device, loss_fn=loss_fn, params=trainable)
+                loss = parts.total if isinstance(parts, LossParts) else parts
                 step += 1
                 if on_step is not None:
                     on_step(step, total)

@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mmfurnace.cpu import REPORT_FLAGS, cpu_isa, cpu_model, u8s8_kernel
 from mmfurnace.data.batch import Batch, collate_samples
+from mmfurnace.models.predict import predicted_accuracy
 from mmfurnace.threads import torch_threads
-from mmfurnace.train.metrics import accuracy
 
 Predict = Callable[[Batch], Tensor]  # batch -> logits (batch, classes), float32 on the CPU
 
@@ -71,14 +71,9 @@ def size_on_disk(path: str | Path) -> int:
 
 
 def evaluate_predict(predict: Predict, batches: Iterable[Batch], *, multilabel: bool) -> float:
-    """Accuracy (exact match for multi-label) of ``predict`` over ``batches``."""
-    logits, labels = [], []
-    for batch in batches:
-        logits.append(predict(batch).float().cpu())
-        labels.append(batch.labels)
-    if not logits:
-        return 0.0
-    return accuracy(torch.cat(logits), torch.cat(labels), multilabel=multilabel)
+    """Accuracy (exact match for multi-label) of ``predict`` over ``batches``: the evaluation
+    loop every variant and parent goes through (:func:`mmfurnace.models.predict.predictions`)."""
+    return predicted_accuracy(predict, batches, None, multilabel=multilabel)
 
 
 def sqnr_db(reference: Tensor, other: Tensor) -> float:

@@ -40,6 +40,7 @@ from mmfurnace.compress.quantize import (
 )
 from mmfurnace.compress.runners import TorchPredictor
 from mmfurnace.export.int8_format import INT8_FORMATS, RECORD_KEY, resolve_int8_format
+from mmfurnace.models.surgery import shape_attributes
 from mmfurnace.registry import Registry
 
 
@@ -179,7 +180,7 @@ def _prune_channel(ctx: Context, cfg: ChannelConfig) -> list[Variant]:
         history += _recover(ctx, model, cfg)
     ctx.details.update(widths=widths, history=history)
     name = f"pruned-channel-{int(round(100 * cfg.sparsity))}"
-    compression = {**config_dict(cfg), "shape_attributes": channels.shape_attributes(model)}
+    compression = {**config_dict(cfg), "shape_attributes": shape_attributes(model)}
     path = ctx.save_checkpoint(name, model, compression=compression)
     return _torch_and_ort(ctx, name, model, path, pickled=True)
 

@@ -52,6 +52,7 @@ from mmfurnace.data.batch import Batch
 from mmfurnace.data.info import DatasetInfo
 from mmfurnace.errors import ConfigError, InputError
 from mmfurnace.export.int8_format import INT8_FORMATS, RECORD_KEY, resolve_int8_format
+from mmfurnace.io import atomic_dir
 
 FilterFn = Callable[[nn.Module, str], bool]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -286,16 +287,16 @@ def write_variant_export(base_dir: Path, onnx_file: Path, out_dir: Path, *, comp
     from mmfurnace.export.spec import SIDECAR, sha256_file, write_spec
 
     raw = json.loads((base_dir / SIDECAR).read_text(encoding="utf-8"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / ONNX_FILE
-    shutil.copyfile(onnx_file, target)
-    raw["files"] = {ONNX_FILE: {"sha256": sha256_file(target), "bytes": target.stat().st_size}}
-    raw["formats"] = ["onnx"]
-    for graph in raw["graphs"].values():
-        graph["files"] = {k: v for k, v in graph["files"].items() if k == "onnx"}
-    raw["model"] = {**raw.get("model", {}), "weights": None, "pickled": None}
-    raw["compression"] = {**compression, "parent": str(base_dir)}
-    write_spec(out_dir, raw)
+    with atomic_dir(out_dir) as staging:
+        target = staging / ONNX_FILE
+        shutil.copyfile(onnx_file, target)
+        raw["files"] = {ONNX_FILE: {"sha256": sha256_file(target), "bytes": target.stat().st_size}}
+        raw["formats"] = ["onnx"]
+        for graph in raw["graphs"].values():
+            graph["files"] = {k: v for k, v in graph["files"].items() if k == "onnx"}
+        raw["model"] = {**raw.get("model", {}), "weights": None, "pickled": None}
+        raw["compression"] = {**compression, "parent": str(base_dir)}
+        write_spec(staging, raw)
     return out_dir
 
 

@@ -25,6 +25,7 @@ from mmfurnace.compress.quantize import preprocessed, quantizable_nodes, quantiz
 from mmfurnace.compress.report import bar_chart, markdown_table, write_csv
 from mmfurnace.compress.runners import OrtPredictor
 from mmfurnace.data.batch import Batch
+from mmfurnace.models.predict import accuracy, predictions
 
 TABLE_COLUMNS = ("rank", "layer", "op_type", "params", "accuracy", "drop_pt", "sqnr_db", "fp32_in_mixed")
 
@@ -149,11 +150,9 @@ def _block(name: str) -> str:
 
 
 def _logits(predict: OrtPredictor, batches: Sequence[Batch]) -> torch.Tensor:
-    return torch.cat([predict(b) for b in batches])
+    return torch.cat([p.logits for p in predictions(predict, batches, None)])
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> float:
-    from mmfurnace.train.metrics import accuracy
-
     return accuracy(logits, labels, multilabel=multilabel)
 

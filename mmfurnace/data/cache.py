@@ -18,16 +18,14 @@ Layout of a cache directory (format version ``FORMAT_VERSION``)::
                         "splits": [...], "counts": {split: n}, "num_samples": n,
                         "arrays": {modality: {"dtype", "shape"}}}
 
-``info.json`` is written last and the whole directory is built beside the target and renamed
-into place, so a directory at the target path that has an ``info.json`` is complete.
+``info.json`` is written last and the whole directory is built beside the target and swapped
+into place (:func:`mmfurnace.io.atomic_dir`), so a directory at the target path that has an
+``info.json`` is complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from torch.utils.data import Dataset
 from mmfurnace.data.batch import Sample
 from mmfurnace.data.info import DatasetInfo
 from mmfurnace.errors import InputError
+from mmfurnace.io import atomic_dir
 
 FORMAT_NAME = "mmfurnace-packed"
 FORMAT_VERSION = 1
@@ -103,7 +102,7 @@ class _ModalityWriter:
         self.handle.seek(0)
         written = _write_npy_header(self.handle, self.dtype, (self.rows, *self.trailing))
         assert written == self.header_len, "npy header changed size while growing"
-        _fsync_close(self.handle)
+        self.handle.close()
         self.handle = None
         return {"dtype": self.dtype.str, "shape": [self.rows, *self.trailing]}
 
@@ -120,63 +119,56 @@ def write_packed(
     info: DatasetInfo,
     splits: Sequence[str],
     progress: Callable[[int], None] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write ``samples`` (streamed once) as a packed cache at ``out_dir``; return ``out_dir``.
 
     ``splits[i]`` names the split of the i-th sample. Samples may lack any modality of
     ``info.modalities``; ones they carry beyond it are an error. ``progress`` is called with
-    the number of samples written so far. The cache is built in a hidden directory beside
-    ``out_dir`` and renamed into place only when complete; an existing cache there is
-    replaced only then, so a failure at any point leaves the old cache as it was.
+    the number of samples written so far. ``extra_files`` (name -> content) go into the cache
+    folder too (e.g. the preprocessing settings and the tokenizer). The cache is built in a
+    hidden directory beside ``out_dir`` and renamed into place only when complete; an existing
+    cache there is replaced only then, so a failure at any point leaves the old cache as it was.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     writers: dict[str, _ModalityWriter] = {}
     try:
-        writers = {m: _ModalityWriter(tmp / f"{m}.npy") for m in sorted(info.modalities)}
-        labels, split_names, ids = _write_samples(samples, writers, info, splits, progress)
-        arrays = {
-            m: w.finish(info.input_dtypes.get(m, "float32"), info.input_shapes.get(m, (0,)))
-            for m, w in writers.items()
-        }
-        names = _split_names(split_names)
-        split_ids = np.array([names.index(s) for s in split_names], dtype=np.int16)
-        index: dict[str, np.ndarray] = {
-            "labels": _stack_labels(labels, info),
-            "split": split_ids,
-            "ids": np.array(ids, dtype=str),
-        }
-        for m, w in writers.items():
-            index[f"{m}_offset"] = np.array(w.offsets, dtype=np.int64)
-            index[f"{m}_length"] = np.array(w.lengths, dtype=np.int64)
-            index[f"{m}_present"] = index[f"{m}_length"] > 0
-        with open(tmp / "index.npz", "wb") as fh:
-            np.savez(fh, **index)
-            fh.flush()
-            os.fsync(fh.fileno())
-        header = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "info": info.to_dict(),
-            "splits": names,
-            "counts": {n: int((split_ids == i).sum()) for i, n in enumerate(names)},
-            "num_samples": len(split_names),
-            "arrays": arrays,
-        }
-        # info.json last: its presence is what marks a cache as complete.
-        with open(tmp / "info.json", "w", encoding="utf-8") as fh:
-            json.dump(header, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        swap_into_place(tmp, out_dir)
+        with atomic_dir(out_dir) as tmp:
+            writers = {m: _ModalityWriter(tmp / f"{m}.npy") for m in sorted(info.modalities)}
+            labels, split_names, ids = _write_samples(samples, writers, info, splits, progress)
+            arrays = {
+                m: w.finish(info.input_dtypes.get(m, "float32"), info.input_shapes.get(m, (0,)))
+                for m, w in writers.items()
+            }
+            names = _split_names(split_names)
+            split_ids = np.array([names.index(s) for s in split_names], dtype=np.int16)
+            index: dict[str, np.ndarray] = {
+                "labels": _stack_labels(labels, info),
+                "split": split_ids,
+                "ids": np.array(ids, dtype=str),
+            }
+            for m, w in writers.items():
+                index[f"{m}_offset"] = np.array(w.offsets, dtype=np.int64)
+                index[f"{m}_length"] = np.array(w.lengths, dtype=np.int64)
+                index[f"{m}_present"] = index[f"{m}_length"] > 0
+            with open(tmp / "index.npz", "wb") as fh:
+                np.savez(fh, **index)
+            for name, content in (extra_files or {}).items():
+                (tmp / name).write_bytes(content)
+            header = {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "info": info.to_dict(),
+                "splits": names,
+                "counts": {n: int((split_ids == i).sum()) for i, n in enumerate(names)},
+                "num_samples": len(split_names),
+                "arrays": arrays,
+            }
+            # info.json last: its presence is what marks a cache as complete.
+            (tmp / "info.json").write_text(json.dumps(header, indent=2), encoding="utf-8")
     except BaseException:
         for w in writers.values():
             w.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
@@ -274,58 +266,6 @@ def _write_npy_header(fh: IO[bytes], dtype: np.dtype, shape: tuple[int, ...]) ->
         {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape},
     )
     return fh.tell() - start
-
-
-def _fsync_close(fh: IO[bytes]) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
-    fh.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale(out_dir: Path) -> None:
-    """Delete leftovers of writes to ``out_dir`` that were killed (their process is gone)."""
-    for path in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        pid = path.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-    if out_dir.exists():  # then an old copy moved aside is garbage, not the only copy
-        for path in out_dir.parent.glob(f".{out_dir.name}.old-*"):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished ``tmp`` to ``out_dir``, moving an old cache aside first."""
-    old: Path | None = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    _fsync_dir(out_dir.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- reading

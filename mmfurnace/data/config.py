@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmfurnace.modalities import Modality
 from mmfurnace.typed_config import StrictModel
@@ -49,9 +49,7 @@ class TextPrepConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    dataset: Literal[
-        "digits-av", "fsdd-mnist", "tuxpaint", "avmnist", "mmimdb", "manifest", "packed"
-    ] = "digits-av"
+    dataset: str = Field("digits-av", description="a dataset registered in mmfurnace.data.datasets.DATASETS")
     root: Path = Path("data/digits-av")
     modalities: list[Modality] = Field(default_factory=lambda: ["audio", "image", "text"])
     batch_size: int = Field(64, gt=0)
@@ -61,3 +59,12 @@ class DataConfig(StrictModel):
     image: ImagePrepConfig = Field(default_factory=ImagePrepConfig)
     audio: AudioPrepConfig = Field(default_factory=AudioPrepConfig)
     text: TextPrepConfig = Field(default_factory=TextPrepConfig)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        # the registry is the one list of names: a dataset registered anywhere is accepted
+        from mmfurnace.data.datasets import DATASETS  # imports the readers, which import this
+
+        DATASETS[name]  # raises ConfigError (a ValueError) listing the known names
+        return name

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from mmfurnace.data.config import DataConfig
 from mmfurnace.data.datasets import TOKENIZER_FILE, build_preprocessors, packed_root
 from mmfurnace.data.manifest import ManifestDataset, read_manifest
 from mmfurnace.errors import ConfigError
+from mmfurnace.io import json_text, write_atomic
 from mmfurnace.registry import Registry
 from mmfurnace.threads import torch_threads
 from mmfurnace.typed_config import parse
@@ -151,9 +151,7 @@ def ensure_tokenizer(manifest: Path, data_cfg: DataConfig) -> Path:
             tokenizer = build_wordpiece_tokenizer(
                 texts, vocab_size=data_cfg.text.vocab_size, lowercase=data_cfg.text.lowercase
             )
-            tmp = path.with_suffix(".tmp")
-            tokenizer.save(str(tmp))
-            tmp.replace(path)
+            write_atomic(path, lambda tmp: tokenizer.save(str(tmp)))
     return path
 
 
@@ -181,14 +179,14 @@ def pack_manifest(manifest: Path, packed: Path, *, data_cfg: DataConfig) -> Path
     workers = min(4, os.cpu_count() or 1) if len(split_names) > 200 else 0
     stream = DataLoader(ConcatDataset(datasets), batch_size=None, num_workers=workers,
                         collate_fn=_identity)
+    settings = {m: p.to_dict() for m, p in preprocessors.items()}
+    extra = {PREPROCESSING_FILE: json_text(settings, sort_keys=False).encode()}
+    if tokenizer_path is not None:
+        extra[TOKENIZER_FILE] = Path(tokenizer_path).read_bytes()
     with _progress() as bar, torch_threads(1):
         task = bar.add_task("packing samples", total=len(split_names))
         write_packed(packed, stream, info=datasets[0].info, splits=split_names,
-                     progress=lambda n: bar.update(task, completed=n))
-    settings = {m: p.to_dict() for m, p in preprocessors.items()}
-    (packed / PREPROCESSING_FILE).write_text(json.dumps(settings, indent=2, default=str))
-    if tokenizer_path is not None:
-        shutil.copyfile(tokenizer_path, packed / TOKENIZER_FILE)
+                     progress=lambda n: bar.update(task, completed=n), extra_files=extra)
     return packed
 
 

@@ -1,5 +1,8 @@
 """Export: ONNX / TorchScript graphs + an export.json sidecar, runtimes behind one interface
-(``RUNTIMES["onnxruntime"](export_dir)``), and a parity check against eager PyTorch."""
+(``RUNTIMES["onnxruntime"](export_dir)``), and a parity check against eager PyTorch.
+
+``mmfurnace.export(checkpoint, out_dir, **options)`` runs :func:`mmfurnace.export.exporter.export_checkpoint`.
+"""
 
 from mmfurnace.export.exporter import ExportError, export_checkpoint, export_model
 from mmfurnace.export.inputs import build_feed, make_example_batch
@@ -32,3 +35,7 @@ __all__ = [
     "make_example_batch",
     "parity_exit_code",
 ]
+
+from mmfurnace.entrypoints import make_callable  # noqa: E402
+
+make_callable(__name__, "mmfurnace.export.exporter:export_checkpoint")

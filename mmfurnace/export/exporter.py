@@ -46,6 +46,8 @@ from mmfurnace.export.spec import (
 from mmfurnace.export.verify import verify_export
 from mmfurnace.export.wrappers import wrap_graph
 from mmfurnace.export.writers import ExportError, to_onnx, to_torchscript, with_onnx_inputs
+from mmfurnace.io import atomic_dir
+from mmfurnace.models.surgery import shape_attributes
 
 __all__ = ["ExportError", "export_checkpoint", "export_model"]
 
@@ -66,6 +68,7 @@ def export_model(
     split: bool = True,
     verify: bool = True,
     source: str | None = None,
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Export ``model`` (a MultimodalClassifier) for ``info`` into ``out_dir``; return out_dir.
 
@@ -75,6 +78,7 @@ def export_model(
     runtimes rebuild it from weights; without it the module is pickled (model.pt).
     split: also export each encoder and the fusion head separately. verify: run the ONNX
     graphs with ONNX Runtime on a batch of other sizes and compare with eager (1e-4 relative).
+    extra_files: name -> file copied into the export (e.g. the tokenizer), hashed with the rest.
     The export is built in a staging directory and swapped in at the end, so a failed export
     leaves any previous one in ``out_dir`` untouched.
     """
@@ -96,11 +100,7 @@ def export_model(
     example = make_example_batch(info, 3, seed=0, modalities=modalities)
     graphs = plan_graphs(model, info, modalities, example, split)
 
-    staging = out_dir.parent / f".{out_dir.name}.staging"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as staging:  # a failed export leaves the previous one untouched
         notes: list[str] = []
         files: dict[str, dict[str, Any]] = {}
         flat = flat_example(model, modalities, example, split)
@@ -117,6 +117,8 @@ def export_model(
                 notes += to_torchscript(wrapper, model, feed, path)
                 graph.files["torchscript"] = path.name
         model_entry = _save_model(model, staging, config)
+        for name, file in (extra_files or {}).items():
+            shutil.copyfile(file, staging / name)
         if verify:
             verify_export(model, info, modalities, graphs, staging, formats, split)
         for path in sorted(staging.iterdir()):
@@ -134,35 +136,31 @@ def export_model(
             source,
         )
         write_spec(staging, raw)
-        _swap_in(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, **kwargs: Any) -> Path:
-    """Export the model of a training checkpoint (``mmfurnace.train.checkpoint``), recording
-    its run config's data section as the preprocessing settings unless given."""
+    """Export the model of a checkpoint (:func:`mmfurnace.train.checkpoint.load_model`: a
+    trained, pruned, distilled or half-precision one), recording its run config's data section
+    as the preprocessing settings unless given, and the dataset's tokenizer beside the graphs."""
+    from mmfurnace.data.datasets import TOKENIZER_FILE
     from mmfurnace.train.checkpoint import load_model
 
     model, meta = load_model(checkpoint_dir)
-    config = getattr(meta, "config", None)
-    if kwargs.get("preprocessing") is None and config is not None and hasattr(config, "data"):
+    config = meta.config
+    if kwargs.get("preprocessing") is None:
         kwargs["preprocessing"] = _data_settings(config.data)
-    kwargs.setdefault("config", getattr(config, "model", None))
+    kwargs.setdefault("config", config.model)
     kwargs.setdefault("source", str(Path(checkpoint_dir).resolve()))
-    out = export_model(model, meta.info, out_dir, **kwargs)
-    if "text" in meta.info.modalities and config is not None and hasattr(config, "data"):
-        _copy_tokenizer(config.data, Path(out))
-    return out
+    tokenizer = _find_tokenizer(config.data) if "text" in meta.info.modalities else None
+    if tokenizer is not None:
+        kwargs.setdefault("extra_files", {TOKENIZER_FILE: tokenizer})
+    return export_model(model, meta.info, out_dir, **kwargs)
 
 
-def _copy_tokenizer(data: Any, out: Path) -> None:
-    """Put the dataset's tokenizer beside the graphs: a deployment needs nothing else, and
-    WordPiece training is not reproducible, so the server must use this exact file."""
-    import shutil
-
+def _find_tokenizer(data: Any) -> Path | None:
+    """The dataset's tokenizer: a deployment needs nothing else, and WordPiece training is not
+    reproducible, so the server must use this exact file."""
     from mmfurnace.data.datasets import TOKENIZER_FILE, packed_root
     from mmfurnace.data.text import tokenizer_file
 
@@ -171,10 +169,7 @@ def _copy_tokenizer(data: Any, out: Path) -> None:
         with contextlib.suppress(MMFurnaceError):
             candidates.append(tokenizer_file(data.text.tokenizer))
     candidates += [packed_root(Path(data.root)) / TOKENIZER_FILE, Path(data.root) / TOKENIZER_FILE]
-    for path in candidates:
-        if path.is_file():
-            shutil.copyfile(path, out / TOKENIZER_FILE)
-            return
+    return next((path for path in candidates if path.is_file()), None)
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -207,6 +202,9 @@ def _save_model(model: nn.Module, staging: Path, config: Any | None) -> dict[str
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "weights": WEIGHTS,
         "config": _dump(config) if config is not None else None,
+        # with the weights' shapes, what rebuilds a model whose layers are narrower than its
+        # config builds (channel-pruned): see mmfurnace.models.weights.rebuild_model
+        "shape_attributes": shape_attributes(model),
     }
     if config is None:
         # No config to rebuild from: pickle the module so eager/compile can still load it.
@@ -264,14 +262,3 @@ def _sidecar(
         "files": files,
         "trace_notes": sorted(set(notes)),
     }
-
-
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    old = out_dir.parent / f".{out_dir.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if out_dir.exists():
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    if old.exists():
-        shutil.rmtree(old)

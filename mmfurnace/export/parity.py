@@ -5,6 +5,11 @@ Tolerances (``ref`` = eager FP32 logits):
     fp16/bf16  max |logits - ref| <= 1e-2 * max(1, max |ref|)
     int8       accuracy delta vs eager <= 1 point, on the batch's labels (or, with no labels,
                on eager's own predictions — then it is the top-1 disagreement rate)
+
+Every backend runs through the shared evaluation loop
+(:func:`mmfurnace.models.predict.predictions`) and accuracy is
+:func:`mmfurnace.models.predict.accuracy` (a share of rows; exact match for multi-label), so a
+delta here means what it means in the compression report.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mmfurnace.data.batch import Batch
 from mmfurnace.errors import ConfigError, InputError
 from mmfurnace.export.inputs import make_example_batch
 from mmfurnace.export.runtimes import RUNTIMES
 from mmfurnace.export.spec import load_spec
+from mmfurnace.models.predict import accuracy, predictions
 
 RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}
 INT8_MAX_ACCURACY_DROP = 1.0  # percentage points
@@ -71,7 +78,7 @@ def check_parity(
         if batch is not None
         else make_example_batch(spec.info, 8, seed=7, modalities=spec.modalities)
     )
-    reference = RUNTIMES["eager"](export_dir).run(batch)
+    reference = _logits(RUNTIMES["eager"](export_dir), batch)
     labels = _labels(batch, reference, spec.info.multilabel)
     results = []
     for name in names:
@@ -130,7 +137,7 @@ def _one(
         runtime = RUNTIMES[name](
             export_dir, precision=precision, **dict((options or {}).get(name, {}))
         )
-        logits = runtime.run(batch)
+        logits = _logits(runtime, batch)
     except InputError:
         raise  # the export or the batch is wrong: that is the user's error, not a backend's
     except Exception as err:  # a backend failing is a result to report, whatever it raises
@@ -150,7 +157,7 @@ def _one(
     if not np.isfinite(logits).all():
         return ParityResult(name, precision, "fail", metric, None, None, "logits hold NaN or inf")
     if precision == "int8":
-        delta = _accuracy(reference, labels, multilabel) - _accuracy(logits, labels, multilabel)
+        delta = 100 * (_accuracy(reference, labels, multilabel) - _accuracy(logits, labels, multilabel))
         status = "pass" if delta <= INT8_MAX_ACCURACY_DROP else "fail"
         return ParityResult(name, precision, status, metric, float(delta), INT8_MAX_ACCURACY_DROP)
     tolerance = RELATIVE_TOLERANCE[precision] * max(1.0, float(np.abs(reference).max()))
@@ -174,11 +181,13 @@ def _labels(
     return (reference > 0).astype(np.float32) if multilabel else reference.argmax(1)
 
 
+def _logits(runtime: Any, batch: Batch | Mapping[str, Any]) -> np.ndarray:
+    """(batch, classes) float32 logits of ``runtime`` on the one batch."""
+    return next(predictions(runtime.run, [batch], None)).logits.numpy()
+
+
 def _accuracy(logits: np.ndarray, labels: np.ndarray, multilabel: bool) -> float:
-    """Accuracy in percent (multi-label: per-label accuracy at logit 0)."""
-    if multilabel:
-        return float(((logits > 0) == (labels > 0.5)).mean() * 100)
-    return float((logits.argmax(1) == labels).mean() * 100)
+    return accuracy(torch.from_numpy(logits), torch.from_numpy(np.asarray(labels)), multilabel=multilabel)
 
 
 def format_parity(results: Sequence[ParityResult]) -> str:

@@ -197,11 +197,10 @@ def sha256_file(path: Path) -> str:
 
 
 def write_spec(directory: Path, raw: dict[str, Any]) -> Path:
-    path = directory / SIDECAR
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(raw, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """Write the sidecar (keys in the order given) atomically."""
+    from mmfurnace.io import write_json_atomic
+
+    return write_json_atomic(directory / SIDECAR, raw, sort_keys=False)
 
 
 def load_spec(path: str | Path) -> ExportSpec:

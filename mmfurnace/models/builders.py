@@ -9,29 +9,36 @@ from torch import nn
 from mmfurnace.data.info import DatasetInfo
 from mmfurnace.errors import ConfigError
 from mmfurnace.models.classifier import MultimodalClassifier
-from mmfurnace.models.config import DEFAULT_ENCODERS, EncoderConfig, ModelConfig
+from mmfurnace.models.config import DEFAULT_ENCODERS, EncoderConfig, ModelConfig, settings_taken
 from mmfurnace.models.freeze import freeze_
 from mmfurnace.models.registry import ENCODERS, FUSIONS
 
 
 def build_encoder(modality: str, cfg: EncoderConfig, info: DatasetInfo) -> nn.Module:
-    """The encoder ``cfg.name`` sized for ``info``'s ``modality`` input."""
+    """The encoder ``cfg.name`` sized for ``info``'s ``modality`` input.
+
+    The builder gets the keywords its signature names, from the input's shape and dtype, the
+    vocabulary size and ``cfg``'s settings (so an encoder added later with a setting of its
+    own gets it, and others never see it); a setting changed from its default that the
+    builder does not take is a ConfigError naming it (EncoderConfig checks this at parse time).
+    """
     if modality not in info.input_shapes:
         raise ConfigError(
             f"dataset has no input shape for {modality!r}; it has {sorted(info.input_shapes)}"
         )
+    unused = cfg.unused_settings()
+    if unused:
+        raise ConfigError(f"model.encoders.{modality}: encoder {cfg.name!r} has no setting {', '.join(unused)}")
+    builder = ENCODERS[cfg.name]
+    offered = {
+        "input_shape": tuple(info.input_shapes[modality]),
+        "input_dtype": info.input_dtypes.get(modality, "float32"),
+        "vocab_size": info.vocab_size,
+        **cfg.settings(),
+    }
+    taken = settings_taken(builder, offered)
     try:
-        encoder = ENCODERS[cfg.name](
-            input_shape=tuple(info.input_shapes[modality]),
-            input_dtype=info.input_dtypes.get(modality, "float32"),
-            vocab_size=info.vocab_size,
-            dim=cfg.dim,
-            layers=cfg.layers,
-            heads=cfg.heads,
-            dropout=cfg.dropout,
-            channels=cfg.channels,
-            path=cfg.path,
-        )
+        encoder = builder(**(offered if taken is None else {k: offered[k] for k in taken}))
         if cfg.freeze:
             freeze_(encoder, unfreeze_top=cfg.unfreeze_top, name=cfg.name)
         return encoder

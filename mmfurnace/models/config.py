@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,9 @@ from mmfurnace.models.registry import ENCODERS, FUSIONS
 from mmfurnace.typed_config import StrictModel
 
 DEFAULT_ENCODERS: dict[str, str] = {"audio": "cnn1d", "image": "lenet", "text": "transformer"}
+
+
+_NOT_FOR_BUILDERS = ("name", "freeze", "unfreeze_top")
 
 
 class EncoderConfig(StrictModel):
@@ -50,6 +55,40 @@ class EncoderConfig(StrictModel):
                 "blocks of a frozen encoder); without freeze every block trains already"
             )
         return self
+
+    @model_validator(mode="after")
+    def _settings_the_encoder_takes(self) -> EncoderConfig:
+        unused = self.unused_settings()
+        if unused:
+            takes = sorted(settings_taken(ENCODERS[self.name], self.settings()) or ())
+            raise ValueError(
+                f"encoder {self.name!r} has no {', '.join(repr(k) for k in unused)} setting "
+                f"(it takes {', '.join(takes) or 'none of them'})"
+            )
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the encoder's builder may take (``build_encoder`` applies the name,
+        ``freeze`` and ``unfreeze_top`` to every encoder itself)."""
+        return {k: getattr(self, k) for k in type(self).model_fields if k not in _NOT_FOR_BUILDERS}
+
+    def unused_settings(self) -> list[str]:
+        """Settings changed from their default that this encoder's builder does not take."""
+        taken = settings_taken(ENCODERS[self.name], self.settings())
+        if taken is None:
+            return []
+        fields = type(self).model_fields
+        return [k for k, v in self.settings().items()
+                if k not in taken and v != fields[k].get_default(call_default_factory=True)]
+
+
+def settings_taken(builder: Callable[..., Any], offered: dict[str, Any]) -> set[str] | None:
+    """Which of ``offered`` a registered builder's signature takes; None when it takes any
+    keyword (``**kwargs``), as builders written before this check may."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {k for k in offered if k in params}
 
 
 class ModelConfig(StrictModel):

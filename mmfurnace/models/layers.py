@@ -6,6 +6,7 @@ leak into another row's result (no batch statistics anywhere).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,22 @@ class ChannelNorm(nn.LayerNorm):
         x = x.permute(0, *range(2, last + 1), 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, last, *range(1, last))
+
+
+class NamedSequential(nn.Sequential):
+    """nn.Sequential whose layers have names (``mlp.fc1``, ``mlp.fc2``), so code that edits a
+    layer (pruning) names its role instead of counting indices. State dicts saved when the
+    layers were numbered (``mlp.0.weight``) still load: numbers map to names in order."""
+
+    def __init__(self, **layers: nn.Module) -> None:
+        super().__init__(OrderedDict(layers))
+        self._register_load_state_dict_pre_hook(self._rename_numbered_keys)
+
+    def _rename_numbered_keys(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for index, name in enumerate(self._modules):
+            old = f"{prefix}{index}."
+            for key in [k for k in state_dict if k.startswith(old)]:
+                state_dict[f"{prefix}{name}.{key[len(old):]}"] = state_dict.pop(key)
 
 
 def run_block(block: nn.Module, *args: Tensor | None, checkpointing: bool) -> Any:

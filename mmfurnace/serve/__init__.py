@@ -12,6 +12,8 @@ Layout (LitServe's split — each part testable without HTTP):
     server.py      run_server (uvicorn) and BackgroundServer (uvicorn in a thread)
     ray_app.py     the same engine as a Ray Serve application (``mmfurnace serve --ray``)
 The web parts (app, server, ray_app) are imported from their modules, not from here.
+
+``mmfurnace.serve(export_dir, cfg=None, host=..., port=...)`` runs :func:`mmfurnace.serve.server.run_server`.
 """
 
 from mmfurnace.serve.batcher import DynamicBatcher
@@ -30,3 +32,7 @@ __all__ = [
     "StageConfig",
     "load_serve_config",
 ]
+
+from mmfurnace.entrypoints import make_callable  # noqa: E402
+
+make_callable(__name__, "mmfurnace.serve.server:run_server")

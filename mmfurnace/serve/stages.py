@@ -160,6 +160,8 @@ class TorchStage:
         self.device = torch.device(device)
         self.modality = next((m for m in model.modalities if graph == encoder_graph(m)), None)
         assert graph in (FULL_GRAPH, FUSION_GRAPH) or self.modality is not None, graph
+        # an FP16/BF16 checkpoint's model takes its float inputs in its own dtype
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         # A side stream for host->device copies; guarded so CPU-only machines never touch CUDA.
         self.copy_stream = (
             torch.cuda.Stream(self.device) if self.device.type == "cuda" and torch.cuda.is_available() else None
@@ -171,6 +173,8 @@ class TorchStage:
 
     def prepare(self, feed: Feed) -> tuple[dict[str, torch.Tensor], Any]:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
+        if self.dtype != torch.float32:
+            tensors = {k: t.to(self.dtype) if t.is_floating_point() else t for k, t in tensors.items()}
         if self.copy_stream is None:
             return tensors, None
         with torch.cuda.stream(self.copy_stream):

@@ -6,21 +6,22 @@ A checkpoint is a directory:
                        early-stopping counter; loaded with ``torch.load(weights_only=True)``
     meta.json          format version, mmfurnace version, run config, DatasetInfo, metrics
     complete           marker written last; a directory without it is not a checkpoint
+    compression.json   (compressed checkpoints) the method's config, and for a channel-pruned
+                       model the attributes its narrower layers need (``shape_attributes``)
 
-Saving builds the new checkpoint in a hidden sibling ``.<name>.staging`` (each file written to a
-temp file, fsynced, then ``os.replace``d into place), then swaps directories: the old one is
-renamed to ``.<name>.old``, the staging one to ``<name>``, and the old one is deleted. A crash at
-any point leaves either the previous checkpoint in ``<name>`` or, in the instant between the two
-renames, in ``.<name>.old`` -- which :func:`load_checkpoint` falls back to.
+Saving builds the new checkpoint in a staging directory and swaps it in whole
+(:func:`mmfurnace.io.atomic_dir`): a crash at any point leaves either the previous checkpoint in
+``<name>`` or, in the instant between the two renames, in ``.<name>.old`` -- which
+:func:`load_checkpoint` falls back to.
+
+:func:`load_model` is the one way to get a model back from a checkpoint, whatever wrote it:
+training, or any compression method that saves a checkpoint (pruned, distilled, FP16/BF16).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,13 @@ from torch import Tensor, nn
 import mmfurnace
 from mmfurnace.data.info import DatasetInfo
 from mmfurnace.errors import InputError
+from mmfurnace.io import atomic_dir, json_text, recover_dir
+from mmfurnace.io import write_json_atomic as write_json_atomic  # callers import it from here too
+from mmfurnace.models.weights import load_weights_file, rebuild_model
 
 FORMAT_VERSION = 1
 WEIGHTS, STATE, META, COMPLETE = "model.safetensors", "state.pt", "meta.json", "complete"
+COMPRESSION = "compression.json"
 FILES = (WEIGHTS, STATE, META, COMPLETE)
 
 
@@ -68,7 +73,11 @@ class LoadedCheckpoint:
 
 @dataclass(frozen=True)
 class CheckpointMeta:
-    """What :func:`load_model` returns next to the model: the typed run config and the rest."""
+    """What :func:`load_model` returns next to the model: the typed run config and the rest.
+
+    compression: the checkpoint's compression.json (method config, ``parent``, and for a
+    channel-pruned model ``shape_attributes``); None for a checkpoint training wrote.
+    """
 
     config: Any  # mmfurnace.config.RunConfig (imported lazily: config imports train.config)
     info: DatasetInfo
@@ -77,6 +86,7 @@ class CheckpointMeta:
     step: int
     path: Path
     mmfurnace_version: str
+    compression: dict[str, Any] | None = None
 
 
 def save_checkpoint(
@@ -95,21 +105,17 @@ def save_checkpoint(
     best_metric: float | None = None,
     bad_epochs: int = 0,
     extra: dict[str, Any] | None = None,
+    compression: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``directory``, replacing the one there only once done.
 
     ``epoch`` is the number of epochs completed, ``step`` the number of optimiser steps.
     ``rng_states`` comes from :func:`capture_rng_states`. ``extra`` holds more trainer state
     (plain Python values and tensors only, so it loads with ``weights_only=True``).
-    Returns the directory.
+    ``compression``: written as compression.json (what :func:`load_model` needs to rebuild a
+    compressed model). Returns the directory.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.parent / f".{directory.name}.staging"
-    if staging.exists():
-        shutil.rmtree(staging)  # a save that crashed earlier
-    staging.mkdir()
-
     state = {
         "format_version": FORMAT_VERSION,
         "epoch": int(epoch),
@@ -132,12 +138,13 @@ def save_checkpoint(
         "metrics": metrics,
     }
     weights_meta = {"format": "pt", "mmfurnace_version": mmfurnace.__version__}
-    _write_atomic(staging / WEIGHTS, lambda tmp: safetensors.torch.save_model(model, str(tmp), weights_meta))
-    _write_atomic(staging / STATE, lambda tmp: torch.save(state, tmp))
-    _write_atomic(staging / META, lambda tmp: tmp.write_text(_to_json(meta), encoding="utf-8"))
-    _write_atomic(staging / COMPLETE, lambda tmp: tmp.write_text(f"{epoch} {step}\n", encoding="utf-8"))
-    _fsync_dir(staging)
-    _swap_in(staging, directory)
+    with atomic_dir(directory) as staging:
+        safetensors.torch.save_model(model, str(staging / WEIGHTS), weights_meta)
+        torch.save(state, staging / STATE)
+        (staging / META).write_text(json_text(meta), encoding="utf-8")
+        if compression is not None:
+            (staging / COMPRESSION).write_text(json_text(compression), encoding="utf-8")
+        (staging / COMPLETE).write_text(f"{epoch} {step}\n", encoding="utf-8")
     return directory
 
 
@@ -169,12 +176,7 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
 
 def load_weights(model: nn.Module, directory: str | Path) -> None:
     """Load a checkpoint's weights into ``model`` in place (strict: names and shapes must match)."""
-    path = _resolve(Path(directory))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        safetensors.torch.load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
-    except RuntimeError as err:
-        raise InputError(f"{path / WEIGHTS}: weights do not fit this model: {err}") from None
+    load_weights_file(model, _resolve(Path(directory)) / WEIGHTS)
 
 
 def load_encoder_weights(model: nn.Module, modality: str, directory: str | Path) -> int:
@@ -213,28 +215,40 @@ def load_encoder_weights(model: nn.Module, modality: str, directory: str | Path)
 
 
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
-    """Rebuild the model a checkpoint was trained as (from its config + DatasetInfo), load it.
+    """The model a checkpoint holds, as it was saved, and its metadata.
 
-    Returns ``(model in eval mode on device, CheckpointMeta)``. Used by eval, compress, export
-    and serve.
+    Rebuilt from the checkpoint's run config and DatasetInfo; a compressed checkpoint's
+    compression.json is read when present, so a channel-pruned model gets its narrower layers
+    back and an FP16/BF16 one its dtype (:func:`mmfurnace.models.weights.rebuild_model`).
+    Returns ``(model in eval mode on device, CheckpointMeta)``. What eval, compress, export,
+    profile and serve load a checkpoint with.
     """
+    meta = load_meta(directory)
+    attributes = (meta.compression or {}).get("shape_attributes")
+    model = rebuild_model(meta.config.model, meta.info, meta.path / WEIGHTS,
+                          modalities=list(meta.config.data.modalities), shape_attributes=attributes,
+                          device=device)
+    return model, meta
+
+
+def load_meta(directory: str | Path) -> CheckpointMeta:
+    """A checkpoint's :class:`CheckpointMeta` (typed run config, info, metrics, compression),
+    without loading its weights. InputError when the directory is not a checkpoint."""
     from mmfurnace.config import RunConfig  # mmfurnace.config imports mmfurnace.train.config
     from mmfurnace.errors import ConfigError
-    from mmfurnace.models import build_model
     from mmfurnace.typed_config import parse
 
     path = _resolve(Path(directory))
     raw = _read_meta(path)
-    info = DatasetInfo.from_dict(raw["info"])
+    try:
+        info = DatasetInfo.from_dict(raw["info"])
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{path / META}: bad dataset info: {err}") from None
     try:
         cfg = parse(RunConfig, raw["config"], source=str(path / META))
     except ConfigError as err:
         raise InputError(f"{path / META}: config does not describe a run: {err}") from None
-    model = build_model(cfg.model, info, modalities=list(cfg.data.modalities))
-    model.to(device)
-    load_weights(model, path)
-    model.eval()
-    meta = CheckpointMeta(
+    return CheckpointMeta(
         config=cfg,
         info=info,
         metrics=raw.get("metrics", {}),
@@ -242,15 +256,8 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
         step=int(raw["step"]),
         path=path,
         mmfurnace_version=str(raw["mmfurnace_version"]),
+        compression=_read_compression(path),
     )
-    return model, meta
-
-
-def write_json_atomic(path: str | Path, value: dict[str, Any]) -> None:
-    """Write ``value`` as JSON to ``path`` via a temp file + fsync + rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda tmp: tmp.write_text(_to_json(value), encoding="utf-8"))
 
 
 def is_checkpoint(directory: str | Path) -> bool:
@@ -298,8 +305,8 @@ def _resolve(directory: Path) -> Path:
     """The directory holding the complete checkpoint, or InputError saying what is missing."""
     if (directory / COMPLETE).is_file():
         return directory
-    recovered = directory.parent / f".{directory.name}.old"
-    if (recovered / COMPLETE).is_file():  # crashed between the two renames of a save
+    recovered = recover_dir(directory)  # crashed between the two renames of a save: .<name>.old
+    if recovered is not None and (recovered / COMPLETE).is_file():
         return recovered
     if not directory.exists():
         raise InputError(f"checkpoint not found: {directory} does not exist")
@@ -330,42 +337,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write via a temp file in the same directory, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def _read_compression(path: Path) -> dict[str, Any] | None:
+    file = path / COMPRESSION
+    if not file.is_file():
+        return None
     try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _swap_in(staging: Path, directory: Path) -> None:
-    old = directory.parent / f".{directory.name}.old"
-    if directory.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(directory, old)
-    os.replace(staging, directory)
-    _fsync_dir(directory.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms that cannot open directories (Windows)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _to_json(value: dict[str, Any]) -> str:
-    # DatasetInfo.extra may hold paths or numpy scalars: write them as text, not fail the save.
-    return json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{file}: cannot read the compression record: {err}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{file}: not a compression record (not a JSON object)")
+    return raw

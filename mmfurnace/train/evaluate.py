@@ -1,5 +1,6 @@
 """Evaluate a classifier on a loader: accuracy, micro/macro F1, task loss, per-modality accuracy,
-cross-modal consistency. Reused by the training recipe, ``mmfurnace eval``, compress and export.
+cross-modal consistency. Reused by the training recipe and ``mmfurnace eval``; the loop itself
+is :func:`mmfurnace.models.predict.predictions`, which every evaluation shares.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from mmfurnace.data.batch import Batch
+from mmfurnace.models.predict import accuracy, predictions
 from mmfurnace.train.losses import task_loss
-from mmfurnace.train.metrics import accuracy, classification_metrics, consistency_score
-from mmfurnace.train.precision import autocast
+from mmfurnace.train.metrics import classification_metrics, consistency_score
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Iterable[Batch],
@@ -39,37 +39,27 @@ def evaluate(
       Every fusion honours the mask, so this works for all of them. Skipped (empty dict)
       when ``per_modality`` is False; a modality absent from every row is left out.
 
-    Multi-label is recognised from the labels ((batch, classes) float). The model's train/eval
-    mode is restored afterwards.
+    Multi-label is ``model.multilabel``. The model's train/eval mode is restored afterwards.
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    multilabel = bool(model.multilabel)
     modalities = sorted(modalities)
     logits, labels, present = [], [], {m: [] for m in modalities}
     projected: list[dict[str, Tensor]] = []  # per batch; a batch lacking a modality may omit it
     alone: dict[str, tuple[list[Tensor], list[Tensor]]] = {m: ([], []) for m in modalities}
     loss_sum, rows = 0.0, 0
-    multilabel = False
-    try:
-        for batch in loader:
-            batch = batch.to(device)
-            multilabel = batch.labels.is_floating_point() and batch.labels.ndim == 2
-            with autocast(device, precision):
-                out = model(batch.inputs, batch.present, batch.padding)
-            n = len(batch)
-            loss_sum += float(task_loss(out.logits, batch.labels, multilabel=multilabel)) * n
-            rows += n
-            logits.append(out.logits.float().cpu())
-            labels.append(batch.labels.cpu())
+    for p in predictions(model, loader, device, precision=precision):
+        batch, n = p.batch, len(p.batch)
+        batch_labels = batch.labels.cpu()
+        loss_sum += float(task_loss(p.logits, batch_labels, multilabel=multilabel)) * n
+        rows += n
+        logits.append(p.logits)
+        labels.append(batch_labels)
+        for m in modalities:
+            present[m].append(batch.present[m].cpu())
+        projected.append({m: z.float().cpu() for m, z in (p.output.projected or {}).items()})
+        if per_modality:
             for m in modalities:
-                present[m].append(batch.present[m].cpu())
-            projected.append({m: z.float().cpu() for m, z in (out.projected or {}).items()})
-            if per_modality:
-                for m in modalities:
-                    _collect_alone(model, batch, m, device, precision, alone[m])
-    finally:
-        model.train(was_training)
+                _collect_alone(model, batch, m, device, precision, alone[m])
 
     if rows == 0:
         return {"samples": 0, "loss": None, "accuracy": None, "micro_f1": None, "macro_f1": None,
@@ -117,8 +107,7 @@ def _collect_alone(
     rows = batch.present[modality]
     if modality not in batch.inputs or not bool(rows.any()):
         return
-    single = only_modality(batch, modality)
-    with autocast(device, precision):
-        out = model(single.inputs, single.present, single.padding)
-    sink[0].append(out.logits.float()[rows].cpu())
-    sink[1].append(batch.labels[rows].cpu())
+    single = next(predictions(model, [only_modality(batch, modality)], device, precision=precision))
+    rows = rows.cpu()
+    sink[0].append(single.logits[rows])
+    sink[1].append(batch.labels.cpu()[rows])

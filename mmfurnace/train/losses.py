@@ -14,9 +14,9 @@ parameter used and no NaN appears). Every term is computed in float32, also unde
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import combinations
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +115,24 @@ def total_loss(
         raise AssertionError(f"unknown consistency loss {consistency!r}")  # config validates this
     reg = modality_l2(embeddings, present)
     return LossParts(task + alpha * cons + beta * reg, task, cons, reg)
+
+
+LossFn = Callable[[Any, Any, dict[str, Tensor]], Any]  # (model output, batch, present) -> loss
+
+
+def training_loss(*, multilabel: bool, alpha: float = 0.1, beta: float = 1e-4,
+                  consistency: str = "mse", temperature: float = 0.1) -> LossFn:
+    """The recipe's loss as ``loss_fn(output, batch, present) -> LossParts``: :func:`total_loss`
+    of a ClassifierOutput against ``batch.labels``, with ``present`` the masks the model saw."""
+
+    def loss_fn(out: Any, batch: Any, present: dict[str, Tensor]) -> LossParts:
+        return total_loss(
+            out.logits, batch.labels, projected=out.projected, embeddings=out.embeddings,
+            present=present, multilabel=multilabel, alpha=alpha, beta=beta,
+            consistency=consistency, temperature=temperature,
+        )
+
+    return loss_fn
 
 
 def drop_modalities(

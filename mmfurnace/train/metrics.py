@@ -7,8 +7,10 @@ Shapes:
     present   modality -> (rows,) bool
 
 Multi-label predictions are ``logit > 0`` (sigmoid > 0.5); multi-label accuracy is exact match
-(every label right), as in scikit-learn. Per-modality accuracy needs the model, so it lives in
-:mod:`mmfurnace.train.evaluate`; it reuses :func:`accuracy` from here.
+(every label right), as in scikit-learn. :func:`accuracy` and :func:`predict` are defined with
+the evaluation loop (:mod:`mmfurnace.models.predict`, which export and compress use too) and
+re-exported here. Per-modality accuracy needs the model, so it lives in
+:mod:`mmfurnace.train.evaluate`.
 """
 
 from __future__ import annotations
@@ -18,19 +20,8 @@ from itertools import combinations
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def predict(logits: Tensor, *, multilabel: bool) -> Tensor:
-    """(rows,) class ids, or (rows, classes) bool for multi-label."""
-    return logits > 0 if multilabel else logits.argmax(dim=-1)
-
-
-def accuracy(logits: Tensor, labels: Tensor, *, multilabel: bool) -> float:
-    """Share of rows predicted right (all labels right, for multi-label); 0.0 on no rows."""
-    if labels.shape[0] == 0:
-        return 0.0
-    pred = predict(logits, multilabel=multilabel)
-    right = (pred == labels.bool()).all(dim=-1) if multilabel else pred == labels
-    return float(right.float().mean())
+from mmfurnace.models.predict import accuracy as accuracy
+from mmfurnace.models.predict import predicted_labels as predict
 
 
 def f1_scores(logits: Tensor, labels: Tensor, *, multilabel: bool) -> tuple[float, float]:

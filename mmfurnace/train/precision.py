@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-from contextlib import AbstractContextManager
-
 import torch
 
 from mmfurnace.errors import ConfigError
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from mmfurnace.precision import DTYPES as DTYPES
+from mmfurnace.precision import autocast as autocast
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -21,13 +18,6 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16")
-
-
-def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """The autocast region for forward + loss; a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:

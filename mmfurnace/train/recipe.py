@@ -6,9 +6,9 @@
 What it does, in order: seed once; pick the device; build the train/valid/test datasets and
 loaders (a DistributedSampler seeded from (seed, epoch), so epoch k has the same order
 whether or not the run was resumed); build the model; AdamW + warmup/cosine; then per
-epoch: modality dropout -> forward under autocast -> task + alpha*consistency +
-beta*regulariser -> backward (GradScaler for fp16) -> clip -> step; validate; save ``best/``
-when the monitored metric improved and ``last/`` every epoch; stop early when it has not
+epoch: :func:`train_step` (modality dropout -> forward under autocast -> task +
+alpha*consistency + beta*regulariser -> backward (GradScaler for fp16) -> clip -> step);
+validate; save ``best/`` when the monitored metric improved and ``last/`` every epoch; stop early when it has not
 improved for ``early_stopping_patience`` epochs. Finally the best checkpoint is evaluated on
 the test split and ``results.json`` is written. Rank 0 alone logs, saves and evaluates.
 
@@ -18,10 +18,13 @@ Run directory (``train.out_dir``): ``last/``, ``best/`` (checkpoints), ``metrics
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -36,6 +39,7 @@ from mmfurnace.data.datasets import build_dataset
 from mmfurnace.data.loader import make_loader
 from mmfurnace.data.subset import restrict_modalities
 from mmfurnace.errors import ConfigError, InputError
+from mmfurnace.io import write_json_atomic
 from mmfurnace.models import build_model
 from mmfurnace.models.feature_cache import FeatureCache, cache_features, feature_progress
 from mmfurnace.threads import torch_threads
@@ -47,7 +51,6 @@ from mmfurnace.train.checkpoint import (
     load_weights,
     restore_rng_states,
     save_checkpoint,
-    write_json_atomic,
 )
 from mmfurnace.train.config import TrainConfig
 from mmfurnace.train.distributed import (
@@ -64,7 +67,7 @@ from mmfurnace.train.distributed import (
 )
 from mmfurnace.train.evaluate import evaluate
 from mmfurnace.train.logging import ProgressBar, RunLogger
-from mmfurnace.train.losses import LossParts, drop_modalities, total_loss
+from mmfurnace.train.losses import LossFn, LossParts, drop_modalities, training_loss
 from mmfurnace.train.precision import autocast, check_precision, make_scaler
 from mmfurnace.train.schedule import build_optimizer, warmup_cosine
 
@@ -72,6 +75,7 @@ if TYPE_CHECKING:
     from mmfurnace.config import RunConfig
 
 SPLITS = ("train", "valid", "test")
+Stage = Callable[[str], AbstractContextManager[None]]  # stage(name) -> a timed region
 
 
 class TrainResult(NamedTuple):
@@ -288,40 +292,59 @@ def train_step(
     batch: Batch,
     *,
     tc: TrainConfig,
-    multilabel: bool,
+    multilabel: bool | None = None,
     optimizer: torch.optim.Optimizer,
     scaler: Any,
     scheduler: Any,
-    dropout_rng: torch.Generator,
-    device: torch.device,
-) -> LossParts:
-    """One optimisation step on a batch already on ``device``: modality dropout, forward
-    under autocast, the weighted loss, backward, clipping, optimizer and schedule steps.
-    ``model`` may be DDP-wrapped. Returns the loss terms (attached to the graph)."""
-    present = drop_modalities(batch.present, tc.modality_dropout, dropout_rng)
+    dropout_rng: torch.Generator | None = None,
+    device: torch.device | str,
+    loss_fn: LossFn | None = None,
+    params: list[nn.Parameter] | None = None,
+    stage: Stage | None = None,
+) -> Any:
+    """One optimisation step on a batch already on ``device``: modality dropout, forward under
+    autocast, the loss, backward (through ``scaler``: a GradScaler for fp16), clipping,
+    optimizer and schedule steps, as ``tc`` says (``precision``, ``modality_dropout``, drawn
+    from ``dropout_rng``, ``clip_grad_norm``, and the loss weights).
+
+    The only training step in mmfurnace: the recipe, the compression fine-tunes and the
+    profiler all run it. ``model`` may be DDP-wrapped. ``loss_fn(output, batch, present)``
+    replaces the recipe's loss (:func:`mmfurnace.train.losses.training_loss` of
+    ``multilabel`` and ``tc``'s weights), e.g. a distillation loss; it returns LossParts or a
+    scalar. ``params``: what to clip (default: the model's). ``stage``: ``stage(name)`` gives
+    a context manager around the "loss", "backward" and "optimizer" parts, for a profiler to
+    time them (it times the encoders and the fusion through module hooks). Returns what the
+    loss returned (attached to the graph).
+    """
+    if loss_fn is None:
+        assert multilabel is not None, "the recipe's loss needs multilabel"
+        loss_fn = training_loss(multilabel=multilabel, alpha=tc.alpha, beta=tc.beta,
+                                consistency=tc.consistency, temperature=tc.temperature)
+    timed = stage or _untimed
+    present = batch.present
+    if tc.modality_dropout:
+        assert dropout_rng is not None, "modality dropout draws from dropout_rng"
+        present = drop_modalities(batch.present, tc.modality_dropout, dropout_rng)
     with autocast(device, tc.precision):
         out = model(batch.inputs, present, batch.padding)
-        parts = total_loss(
-            out.logits,
-            batch.labels,
-            projected=out.projected,
-            embeddings=out.embeddings,
-            present=present,
-            multilabel=multilabel,
-            alpha=tc.alpha,
-            beta=tc.beta,
-            consistency=tc.consistency,
-            temperature=tc.temperature,
-        )
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(parts.total).backward()
-    if tc.clip_grad_norm is not None:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
+        with timed("loss"):
+            parts = loss_fn(out, batch, present)
+    total = parts.total if isinstance(parts, LossParts) else parts
+    with timed("backward"):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+    with timed("optimizer"):
+        if tc.clip_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params if params is not None else model.parameters(), tc.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
     return parts
+
+
+def _untimed(name: str) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 def _init_encoders(model: nn.Module, sources: dict[str, Path], modalities: list[str]) -> None:

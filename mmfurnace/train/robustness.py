@@ -412,32 +412,21 @@ def effective_robustness(
 # ----------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
 def _accuracy(
     model: nn.Module,
     loader: Iterable[Batch],
     device: torch.device | str,
     transform: Callable[[Batch], Batch] | None = None,
 ) -> float:
-    from mmfurnace.train.metrics import accuracy
+    from mmfurnace.models.predict import accuracy, predictions
 
-    was_training = model.training
-    model.eval()
-    right, total = 0.0, 0
-    try:
-        for batch in loader:
-            batch = batch.to(device)
-            if transform is not None:
-                batch = transform(batch)
-            logits = model(batch.inputs, batch.present, batch.padding).logits
-            multilabel = batch.labels.is_floating_point() and batch.labels.dim() == 2
-            right += accuracy(logits.float(), batch.labels, multilabel=multilabel) * len(batch)
-            total += len(batch)
-    finally:
-        model.train(was_training)
-    if total == 0:
+    logits, labels = [], []
+    for p in predictions(model, loader, device, transform=transform):
+        logits.append(p.logits)
+        labels.append(p.batch.labels.cpu())
+    if not labels or sum(len(x) for x in labels) == 0:
         raise InputError("the evaluation loader yielded no samples")
-    return right / total
+    return accuracy(torch.cat(logits), torch.cat(labels), multilabel=bool(model.multilabel))
 
 
 def robustness_curve(

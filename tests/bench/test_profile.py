@@ -64,6 +64,19 @@ class SlowEncoder(nn.Module):
         return self.inner(x, padding)
 
 
+class AutocastProbe(nn.Module):
+    """Wraps an encoder and records, per forward, whether CPU autocast is on and its dtype."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.out_dim, self.seen = inner, inner.out_dim, []
+
+    def forward(self, x, padding=None):
+        on = torch.is_autocast_enabled("cpu")
+        self.seen.append((on, torch.get_autocast_dtype("cpu") if on else None))
+        return self.inner(x, padding)
+
+
 def _assert_adds_up(report: ProfileReport) -> None:
     # Batches of 64 make a step long enough that one preemption of this process by a busy
     # neighbour, landing outside the stages, cannot move the sum by 10%.
@@ -91,6 +104,18 @@ def test_training_changes_the_weights_and_restores_the_mode():
     profile_training(model, _loader(TinyDataset(16, seed=1)), steps=2, warmup=0, profile_steps=0)
     assert not model.training
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("bf16", (True, torch.bfloat16)), ("fp32", (False, None))])
+def test_training_profile_runs_the_recipes_step_in_the_runs_precision(precision, expected):
+    from mmfurnace.train.config import TrainConfig
+
+    model = _model()
+    probe = model.encoders["image"] = AutocastProbe(model.encoders["image"])
+    report = profile_training(model, _loader(TinyDataset(16, seed=1)), steps=2, warmup=1, profile_steps=0,
+                              train=TrainConfig(precision=precision, modality_dropout={"audio": 0.5}))
+    assert probe.seen == [expected] * 3  # warm-up + 2 timed steps, each under the run's autocast
+    assert list(report.stage_seconds)[:3] == ["data", "h2d", "encoder.audio"]
 
 
 def test_inference_stages_add_up_and_flops_are_reported():

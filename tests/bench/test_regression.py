@@ -194,3 +194,24 @@ def test_timing_helpers():
         median([])
     with pytest.raises(ValueError, match="repeats"):
         time_repeated(lambda: None, repeats=0)
+
+
+def test_bench_checks_the_baseline_file_before_benchmarking(tmp_path, monkeypatch):
+    """`mmfurnace bench --compare BAD_FILE` says what is wrong with the file at once, as one
+    line, instead of a traceback after the whole benchmark ran."""
+    from typer.testing import CliRunner
+
+    from mmfurnace.cli import app
+
+    def benchmark_ran(*args, **kwargs):
+        raise AssertionError("the benchmark ran before the baseline was checked")
+
+    monkeypatch.setattr("mmfurnace.bench.engine_suite.run_engine_bench", benchmark_ran)
+    (tmp_path / "bad.json").write_text("{not json")
+    result = CliRunner().invoke(app, ["bench", "--compare", str(tmp_path / "bad.json")])
+    assert result.exit_code == 2
+    assert "bad.json: cannot read benchmark result" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["bench", "--compare", str(tmp_path / "missing.json")])
+    assert result.exit_code == 2
+    assert "missing.json" in result.output

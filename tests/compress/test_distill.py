@@ -74,7 +74,7 @@ def test_unimodal_term_trains_every_branch_of_a_late_student(trained, train_load
         for m in sorted(out.unimodal_logits)
     ]).mean()
     torch.testing.assert_close(expected, by_hand)
-    difference = float(with_term(student, batch) - without(student, batch))
+    difference = float(with_term(out, batch, batch.present) - without(out, batch, batch.present))
     torch.testing.assert_close(torch.tensor(difference), expected.detach(), rtol=1e-4, atol=1e-5)
     student.zero_grad()  # the unimodal term alone reaches every modality's encoder
     with_term.unimodal_loss(student(batch.inputs, batch.present, batch.padding).unimodal_logits, batch).backward()

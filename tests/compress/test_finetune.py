@@ -28,3 +28,21 @@ def test_finetune_ends_with_the_weights_of_its_best_scoring_epoch(trained, train
     assert all(torch.equal(final[k], snapshots[1][k]) for k in final)
     assert any(not torch.equal(final[k], snapshots[2][k]) for k in final)  # not simply the last epoch
 
+
+def test_finetune_steps_are_the_training_recipes_step(trained, train_loader, monkeypatch):
+    import mmfurnace.compress.finetune as finetune_module
+
+    model, _ = load_model(trained)
+    calls = []
+    real = finetune_module.train_step
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["tc"].precision)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "train_step", counted)
+    history = finetune(model, train_loader, FinetuneConfig(epochs=1, lr=1e-2, max_steps=3),
+                       loss_fn=training_loss(multilabel=False))
+    assert calls == ["fp32"] * 3
+    assert history[-1]["steps"] == 3
+

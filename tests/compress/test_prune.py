@@ -17,13 +17,7 @@ from mmfurnace.compress import (
     make_permanent_,
     prune_,
 )
-from mmfurnace.compress.channels import (
-    _prune_early,
-    _Pruner,
-    _shrink_fusion_input,
-    resize_to_,
-    shape_attributes,
-)
+from mmfurnace.compress.channels import _Pruner, _shrink_fusion_input
 from mmfurnace.compress.finetune import finetune, training_loss
 from mmfurnace.compress.measure import count_macs, count_params
 from mmfurnace.compress.prune import prunable_weights
@@ -31,6 +25,8 @@ from mmfurnace.compress.quantize import export_onnx
 from mmfurnace.export.inputs import make_example_batch
 from mmfurnace.models import FUSIONS, build_model
 from mmfurnace.models.outputs import EncoderOutput
+from mmfurnace.models.registry import FUSION_PRUNERS
+from mmfurnace.models.surgery import resize_to_, shape_attributes
 from tests.compress.tinydata import INFO, tiny_model_config
 
 DIMS = {"audio": 6, "image": 8, "text": 5}
@@ -108,15 +104,15 @@ def test_early_fusion_pruning_is_exact_when_removed_channels_are_dead():
         for m in fusion.modalities:
             fusion.proj[m].weight[1::2] = 0
             fusion.proj[m].bias[1::2] = 0
-        fusion.mlp[0].weight[1::2] = 0
-        fusion.mlp[0].bias[1::2] = 0
-        fusion.mlp[3].weight[1::2] = 0
-        fusion.mlp[3].bias[1::2] = 0
+        fusion.mlp.fc1.weight[1::2] = 0
+        fusion.mlp.fc1.bias[1::2] = 0
+        fusion.mlp.fc2.weight[1::2] = 0
+        fusion.mlp.fc2.bias[1::2] = 0
         before = head(fusion(_features(), {}).fused)
-    keep = _prune_early(fusion, _Pruner(ChannelConfig(sparsity=0.5), 0.5))
+    keep = FUSION_PRUNERS["EarlyFusion"].prune(fusion, _Pruner(ChannelConfig(sparsity=0.5), 0.5))
     head.weight = nn.Parameter(head.weight.detach()[:, keep])
     head.in_features = len(keep)
-    assert fusion.mlp[0].in_features == 4 * 3 + 3  # 3 slots of 4 + the presence indicator
+    assert fusion.mlp.fc1.in_features == 4 * 3 + 3  # 3 slots of 4 + the presence indicator
     with torch.no_grad():
         after = head(fusion(_features(), {}).fused)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
@@ -158,6 +154,36 @@ def test_pruned_model_rebuilds_from_config_plus_shapes():
     fresh.load_state_dict(model.state_dict(), strict=True)
     batch = make_example_batch(INFO, 3, seed=2)
     torch.testing.assert_close(fresh.eval().forward_batch(batch).logits, model.forward_batch(batch).logits)
+
+
+def test_pruned_and_half_checkpoints_load_as_saved(tmp_path):
+    """load_model reads compression.json: a pruned checkpoint comes back pruned, a BF16 one in BF16,
+    each giving the outputs of the model that was saved."""
+    from mmfurnace.config import RunConfig
+    from mmfurnace.train.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = RunConfig(model=tiny_model_config("cross_attention", dim=16))
+    model = build_model(cfg.model, INFO).eval()
+    prune_(model, ChannelConfig(sparsity=0.5, round_to=2), example=make_example_batch(INFO, 4, seed=0))
+    half = build_model(cfg.model, INFO).eval().to(torch.bfloat16)
+    batch = make_example_batch(INFO, 3, seed=2)
+    for name, saved, compression in [
+        ("pruned", model, {"type": "ChannelConfig", "shape_attributes": shape_attributes(model)}),
+        ("bf16", half, {"type": "HalfConfig", "dtype": "bfloat16"}),
+    ]:
+        save_checkpoint(tmp_path / name, model=saved, optimizer=None, scheduler=None, scaler=None, epoch=1,
+                        step=1, rng_states=None, config=cfg.model_dump(mode="json"), info=INFO, metrics={},
+                        compression=compression)
+        loaded, meta = load_model(tmp_path / name)
+        assert meta.compression["type"] == compression["type"]
+        assert count_params(loaded) == count_params(saved)
+        assert next(loaded.parameters()).dtype == next(saved.parameters()).dtype
+        dtype = next(saved.parameters()).dtype
+        inputs = {m: x.to(dtype) if x.is_floating_point() else x for m, x in batch.inputs.items()}
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(inputs, batch.present, batch.padding).logits,
+                                       saved(inputs, batch.present, batch.padding).logits, atol=0, rtol=0)
 
 
 def test_iterative_steps_reach_the_same_width(model):

@@ -195,7 +195,7 @@ def test_killed_writer_leaves_old_cache_valid(tmp_path: Path) -> None:
         child.kill()  # SIGKILL: no except/finally runs in the child
     finally:
         child.wait()
-    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".cache.tmp-")]
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".cache.staging-")]
     assert len(leftovers) == 1
     assert not (leftovers[0] / "info.json").exists()  # half a cache never looks complete
     assert_same(PackedDataset(root, "train")[0], old[0])  # the old one is untouched

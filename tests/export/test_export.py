@@ -45,7 +45,7 @@ def test_export_writes_every_graph_in_both_formats(exported: Exported) -> None:
             assert (exported.dir / f"{graph}{suffix}").is_file(), f"{graph}{suffix}"
         onnx.checker.check_model(str(exported.dir / f"{graph}.onnx"), full_check=True)
     assert (exported.dir / "model.safetensors").is_file()
-    assert not list(exported.dir.parent.glob(".*staging"))
+    assert not list(exported.dir.parent.glob(".*staging*"))
 
 
 def test_sidecar_describes_the_deployment(exported: Exported, info: DatasetInfo) -> None:
@@ -235,7 +235,7 @@ def test_failed_export_keeps_the_previous_one(late: Exported, tmp_path, monkeypa
     with pytest.raises(ExportError, match="half-way"):
         export_model(late.model, late.info, target)
     assert {p.name: sha256_file(p) for p in target.iterdir() if p.is_file()} == before
-    assert not list(tmp_path.glob(".*staging"))
+    assert not list(tmp_path.glob(".*staging*"))
 
 
 def test_traceable_restores_the_model(cross: Exported) -> None:

@@ -315,7 +315,8 @@ def json_keys(path) -> set[str]:
 def test_channel_pruned_model_rebuilds_from_its_weights(clips) -> None:
     """Torch-Pruning follows the convs (and the depthwise stem affine) of the encoder; a pruned
     checkpoint is rebuilt from its weights' shapes as load_compressed does it."""
-    from mmfurnace.compress.channels import channel_prune_, resize_to_, shape_attributes
+    from mmfurnace.compress.channels import channel_prune_
+    from mmfurnace.models.surgery import resize_to_, shape_attributes
     from mmfurnace.compress.config import ChannelConfig
     from mmfurnace.data.batch import Batch
 

@@ -240,6 +240,8 @@ def test_parse_noise_spec():
 class ImageOracle(nn.Module):
     """Reads the class from the image (filled with the class id + 1); guesses 0 without it."""
 
+    multilabel = False
+
     def forward(self, inputs, present, padding=None) -> ClassifierOutput:
         n = len(present["image"])
         image = inputs.get("image", torch.zeros(n, 1, 4, 4))

@@ -88,6 +88,8 @@ class VoteOutput(NamedTuple):
 class VoteModel(nn.Module):
     """logits = sum over present modalities of that modality's input (a class-score vector)."""
 
+    multilabel = False
+
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[list[str]] = []

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import mmfurnace.train.losses as loss_module
 import mmfurnace.train.recipe as recipe
 from mmfurnace.config import load_run_config
 from mmfurnace.data.loader import make_loader
@@ -78,7 +79,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
     straight = train(config(tmp_path / "straight"), progress=False, datasets=small_data(test=False))
 
-    real_loss = recipe.total_loss
+    real_loss = loss_module.total_loss
     calls = []
 
     def crash_in_epoch_3(*args, **kwargs):
@@ -87,7 +88,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
             raise Crash
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "total_loss", crash_in_epoch_3)
+    monkeypatch.setattr(loss_module, "total_loss", crash_in_epoch_3)
     with pytest.raises(Crash):
         train(config(tmp_path / "resumed"), progress=False, datasets=small_data(test=False))
     monkeypatch.undo()
@@ -119,13 +120,13 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 def test_bf16_autocast_with_grad_checkpointing_on_cpu(tmp_path, monkeypatch):
     seen = []
-    real_loss = recipe.total_loss
+    real_loss = loss_module.total_loss
 
     def spy(logits, *args, **kwargs):
         seen.append(logits.dtype)
         return real_loss(logits, *args, **kwargs)
 
-    monkeypatch.setattr(recipe, "total_loss", spy)
+    monkeypatch.setattr(loss_module, "total_loss", spy)
     cfg = tiny_run_config(tmp_path / "run", epochs=1, batch_size=8, precision="bf16",
                           grad_checkpointing=True, consistency="infonce", alpha=0.5)
     result = train(cfg, progress=False, datasets=small_data(test=False))

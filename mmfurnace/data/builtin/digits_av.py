@@ -97,8 +97,8 @@ def build_digits_av_raw(
     workers: concurrent espeak-ng processes.
     overwrite: replace an existing ``out_dir/raw``; otherwise its presence is an error.
 
-    The build happens in a temporary folder beside ``out_dir`` that is renamed into place
-    at the end, so an interrupted build leaves no half-written dataset.
+    The build happens in a staging folder that is swapped into place at the end
+    (:func:`mmfurnace.io.atomic_dir`), so an interrupted build leaves no half-written dataset.
     """
     out_dir = Path(out_dir)
     deg = degradation or Degradation()

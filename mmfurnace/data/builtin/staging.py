@@ -1,50 +1,40 @@
 """Build a dataset's ``raw/`` folder so that it appears whole or not at all.
 
-Every built-in builder writes into a hidden temporary folder beside the target and swaps it
-into place with :func:`mmfurnace.data.cache.swap_into_place` at the end: an interrupted or
-failed build leaves the previous ``raw/`` (if any) untouched and no half-written one.
+Every built-in builder writes into a staging folder beside the target that
+:func:`mmfurnace.io.atomic_dir` swaps into place at the end: an interrupted or failed build
+leaves the previous ``raw/`` (if any) untouched and no half-written one.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmfurnace.data.cache import swap_into_place
 from mmfurnace.errors import InputError
+from mmfurnace.io import atomic_dir
 
 MAX_EXAMPLES = 5  # paths kept per skip reason in build.json (the count is always complete)
 
 
 @contextmanager
 def staged_folder(final: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``final``; on success swap it into place.
+    """Yield an empty staging folder for ``final``; on success it replaces ``final``
+    (:func:`mmfurnace.io.atomic_dir`).
 
     An existing ``final`` is an error unless ``overwrite``; it is replaced only once the new
-    folder is complete. On any exception the temporary folder is deleted.
+    folder is complete. On any exception the staging folder is deleted. Not fsynced file by
+    file (``durable=False``): digits-av's 6,116 files took 20-40 s longer to build that way,
+    and a build lost to a power cut is rebuilt from its sources.
     """
     final = Path(final)
     if final.exists() and not overwrite:
         raise InputError(f"{final} already exists; delete it or rebuild with force/overwrite")
-    created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.raw-building-", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
-    try:
+    with atomic_dir(final, durable=False) as tmp:
         yield tmp
-        swap_into_place(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # innermost first: leave no empty folders of ours behind
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        raise
 
 
 @dataclass

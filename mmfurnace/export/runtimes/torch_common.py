@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,8 +11,7 @@ from torch import nn
 from mmfurnace.errors import ConfigError, InputError, MissingDependencyError
 from mmfurnace.export.spec import ExportSpec
 from mmfurnace.export.wrappers import wrap_graph
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from mmfurnace.precision import autocast as autocast  # the runtimes import it from here
 
 
 def torch_description(device: torch.device, threads: int | None) -> dict[str, Any]:
@@ -34,26 +31,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def load_eager_model(spec: ExportSpec) -> nn.Module:
     """Rebuild the exported classifier in eager PyTorch (eval mode, CPU, float32).
 
-    From its ModelConfig + model.safetensors when the export recorded a config, else from
-    the pickled module (model.pt) written next to the weights.
+    From its ModelConfig + model.safetensors (+ the recorded shape attributes of a pruned
+    model) when the export recorded a config, as a checkpoint is loaded
+    (:func:`mmfurnace.models.weights.rebuild_model`); else from the pickled module (model.pt)
+    written next to the weights.
     """
     entry = spec.model
     config = entry.get("config")
     if config is not None:
-        import safetensors.torch
+        from mmfurnace.models import ModelConfig
+        from mmfurnace.models.weights import rebuild_model
 
-        from mmfurnace.models import ModelConfig, build_model
-
-        model = build_model(
-            ModelConfig.model_validate(config), spec.info, modalities=spec.modalities
-        )
         weights = spec.checked_path(entry.get("weights", "model.safetensors"))
-        try:
-            safetensors.torch.load_model(model, str(weights), strict=True)
-        except Exception as err:  # safetensors / shape mismatch errors
-            raise InputError(
-                f"{weights}: weights do not fit the recorded model config: {err}"
-            ) from None
+        model = rebuild_model(ModelConfig.model_validate(config), spec.info, weights,
+                              modalities=spec.modalities,
+                              shape_attributes=entry.get("shape_attributes")).float()
     elif entry.get("pickled"):
         path = spec.checked_path(entry["pickled"])
         # Our own export, hash-checked above: unpickling the module is what it was saved for.
@@ -94,18 +86,3 @@ def outputs_to_numpy(out: Any) -> list[np.ndarray]:
             o = o.float()
         result.append(o.detach().cpu().numpy())
     return result
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """bf16/fp16 autocast on ``device`` (no-op for fp32)."""
-    if precision in _AUTOCAST:
-        with torch.autocast(device.type, dtype=_AUTOCAST[precision]):
-            yield
-    else:
-        yield
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

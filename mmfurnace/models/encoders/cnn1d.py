@@ -71,7 +71,6 @@ def cnn1d(
     dim: int = 64,
     layers: int = 2,
     dropout: float = 0.1,
-    **_: object,
 ) -> CNN1dEncoder:
     if len(input_shape) != 2 or input_shape[-1] is None:
         raise ConfigError(

@@ -73,7 +73,6 @@ def cnn2d(
     layers: int = 2,
     dropout: float = 0.1,
     channels: int = 16,
-    **_: object,
 ) -> CNN2dEncoder:
     if len(input_shape) != 2:
         raise ConfigError(

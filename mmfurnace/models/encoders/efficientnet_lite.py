@@ -101,7 +101,6 @@ def efficientnet_lite0(
     *,
     input_shape: tuple[int | None, ...],
     input_dtype: str = "float32",
-    **_: object,
 ) -> EfficientNetLiteEncoder:
     how = (
         "it takes RGB images shaped (3, height, width), ideally 224x224 as pretrained: set "

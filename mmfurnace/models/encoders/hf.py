@@ -113,7 +113,7 @@ class HFEncoder(nn.Module):
 
 
 @ENCODERS.register("hf")
-def hf(*, path: str | Path | None = None, **_: object) -> HFEncoder:
+def hf(*, path: str | Path | None = None) -> HFEncoder:
     return HFEncoder(model=load_local_model(path))
 
 
@@ -123,7 +123,6 @@ def minilm(
     input_dtype: str = "int64",
     vocab_size: int | None = None,
     path: str | Path | None = None,
-    **_: object,
 ) -> HFEncoder:
     """all-MiniLM-L6-v2 from its wheel (or from ``path``, a copy of the same folder)."""
     if input_dtype != "int64":

@@ -64,7 +64,6 @@ def lenet(
     layers: int = 2,
     dropout: float = 0.1,
     channels: int = 16,
-    **_: object,
 ) -> LeNetEncoder:
     if len(input_shape) != 3 or input_shape[0] is None:
         raise ConfigError(

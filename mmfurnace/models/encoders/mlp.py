@@ -58,7 +58,6 @@ def mlp(
     dim: int = 64,
     layers: int = 2,
     dropout: float = 0.1,
-    **_: object,
 ) -> MLPEncoder:
     if len(input_shape) == 3 and None not in input_shape:  # an image: its pixels, flattened
         return MLPEncoder(in_features=math.prod(input_shape), dim=dim, layers=layers, dropout=dropout,

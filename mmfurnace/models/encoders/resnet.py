@@ -82,7 +82,6 @@ def resnet(
     layers: int = 2,
     dropout: float = 0.1,
     channels: int = 16,
-    **_: object,
 ) -> ResNetEncoder:
     if len(input_shape) != 3 or input_shape[0] is None:
         raise ConfigError(

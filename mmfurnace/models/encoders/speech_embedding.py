@@ -243,7 +243,7 @@ def pretrained_speech_embedding(path: str | Path | None = None) -> SpeechEmbeddi
 
 @ENCODERS.register("speech_embedding")
 def speech_embedding(
-    *, input_shape: tuple[int | None, ...], path: str | Path | None = None, **_: object
+    *, input_shape: tuple[int | None, ...], path: str | Path | None = None
 ) -> SpeechEmbeddingEncoder:
     if len(input_shape) != 2 or input_shape[-1] != N_MELS:
         raise ConfigError(

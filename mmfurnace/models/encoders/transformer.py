@@ -73,7 +73,6 @@ def transformer(
     layers: int = 2,
     heads: int = 4,
     dropout: float = 0.1,
-    **_: object,
 ) -> TextTransformerEncoder:
     if input_dtype != "int64" or vocab_size is None:
         raise ConfigError(

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 from mmfurnace.errors import ConfigError, InputError
 from mmfurnace.models.layers import run_block
 from mmfurnace.models.outputs import EncoderOutput, FusionOutput
+from mmfurnace.models.pruning import Chooser, fusion_pruner, shrink_proj_input
 from mmfurnace.models.registry import FUSIONS
+from mmfurnace.models.surgery import slice_linear_, slice_norm_, slice_param_
 
 
 class CrossAttentionFusion(nn.Module):
@@ -120,3 +122,21 @@ def cross_attention(
     return CrossAttentionFusion(
         dims=dims, hidden_dim=hidden_dim, heads=heads, layers=layers, dropout=dropout
     )
+
+
+@fusion_pruner(CrossAttentionFusion, shrink_input=shrink_proj_input)
+def _prune(f: CrossAttentionFusion, pr: Chooser) -> Tensor:
+    """The residual stream's width: every projection's output, the type embeddings, the fusion
+    token, each block (its heads' width and feed-forward too) and the final norm."""
+    parts = [(f.proj[m].weight, 0) for m in f.modalities]
+    parts += [(f.type_embed, 1), (f.cls, 2), (f.norm.weight, 0)]
+    stream = pr.stream_keep(parts, f.blocks, f.out_dim)
+    for m in f.modalities:
+        slice_linear_(f.proj[m], out=stream)
+    slice_param_(f, "type_embed", stream, 1)
+    slice_param_(f, "cls", stream, 2)
+    for block in f.blocks:
+        pr.encoder_layer(block, stream)
+    slice_norm_(f.norm, stream)
+    f.out_dim = len(stream)
+    return stream

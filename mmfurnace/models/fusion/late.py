@@ -6,9 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmfurnace.models.layers import masked_softmax, pooled_inputs, zero_absent
+from mmfurnace.models.layers import NamedSequential, masked_softmax, pooled_inputs, zero_absent
 from mmfurnace.models.outputs import EncoderOutput, FusionOutput
+from mmfurnace.models.pruning import Chooser, fusion_pruner
 from mmfurnace.models.registry import FUSIONS
+from mmfurnace.models.surgery import slice_linear_
 
 
 class LateFusion(nn.Module):
@@ -28,11 +30,11 @@ class LateFusion(nn.Module):
         self.dims = dict(dims)
         self.heads = nn.ModuleDict(
             {
-                m: nn.Sequential(
-                    nn.Linear(dims[m], hidden_dim),
-                    nn.GELU(),
-                    nn.Dropout(dropout),
-                    nn.Linear(hidden_dim, num_classes),
+                m: NamedSequential(
+                    fc1=nn.Linear(dims[m], hidden_dim),
+                    act=nn.GELU(),
+                    drop=nn.Dropout(dropout),
+                    fc2=nn.Linear(hidden_dim, num_classes),
                 )
                 for m in self.modalities
             }
@@ -66,3 +68,18 @@ def late(
     **_: object,
 ) -> LateFusion:
     return LateFusion(dims=dims, num_classes=num_classes, hidden_dim=hidden_dim, dropout=dropout)
+
+
+def _shrink_input(f: LateFusion, m: str, keep: Tensor) -> None:
+    slice_linear_(f.heads[m].fc1, inp=keep)
+
+
+@fusion_pruner(LateFusion, shrink_input=_shrink_input)
+def _prune(f: LateFusion, pr: Chooser) -> None:
+    """The hidden width of each modality's head; the output stays num_classes logits."""
+    for m in f.modalities:
+        fc1, fc2 = f.heads[m].fc1, f.heads[m].fc2
+        hidden = pr.choose([(fc1.weight, 0), (fc2.weight, 1)], fc1.out_features, pr.count(fc1.out_features))
+        slice_linear_(fc1, out=hidden)
+        slice_linear_(fc2, inp=hidden)
+    return None

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mmfurnace.models.layers import pooled_inputs, zero_absent
 from mmfurnace.models.outputs import EncoderOutput, FusionOutput
+from mmfurnace.models.pruning import Chooser, fusion_pruner
 from mmfurnace.models.registry import FUSIONS
 
 
@@ -53,3 +54,22 @@ def low_rank_tensor(
     *, dims: dict[str, int], hidden_dim: int = 64, rank: int = 4, **_: object
 ) -> LowRankTensorFusion:
     return LowRankTensorFusion(dims=dims, hidden_dim=hidden_dim, rank=rank)
+
+
+def _shrink_input(f: LowRankTensorFusion, m: str, keep: Tensor) -> None:
+    # factor rows are [1; z]: row 0 multiplies the constant 1 and stays
+    rows = torch.cat([torch.zeros(1, dtype=torch.long), keep + 1])
+    f.factors[m] = nn.Parameter(f.factors[m].detach()[:, rows].clone())
+
+
+@fusion_pruner(LowRankTensorFusion, shrink_input=_shrink_input)
+def _prune(f: LowRankTensorFusion, pr: Chooser) -> Tensor:
+    """The output width, shared by every factor and the bias."""
+    width = f.out_dim
+    parts = [(f.factors[m], 2) for m in f.modalities] + [(f.bias.unsqueeze(0), 1)]
+    keep = pr.choose(parts, width, pr.count(width))
+    for m in f.modalities:
+        f.factors[m] = nn.Parameter(f.factors[m].detach()[:, :, keep].clone())
+    f.bias = nn.Parameter(f.bias.detach()[keep].clone())
+    f.out_dim = len(keep)
+    return keep

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmfurnace.models.layers import pooled_inputs, zero_absent
+from mmfurnace.models.layers import NamedSequential, pooled_inputs, zero_absent
 from mmfurnace.models.outputs import EncoderOutput, FusionOutput
+from mmfurnace.models.pruning import Chooser, fusion_pruner, shrink_proj_input
 from mmfurnace.models.registry import FUSIONS
+from mmfurnace.models.surgery import slice_linear_
 
 
 class TensorFusion(nn.Module):
@@ -32,11 +34,11 @@ class TensorFusion(nn.Module):
         self.modalities = sorted(dims)
         self.dims = dict(dims)
         self.proj = nn.ModuleDict({m: nn.Linear(dims[m], tensor_dim) for m in self.modalities})
-        self.post = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear((tensor_dim + 1) ** len(self.modalities), hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
+        self.post = NamedSequential(
+            drop=nn.Dropout(dropout),
+            fc1=nn.Linear((tensor_dim + 1) ** len(self.modalities), hidden_dim),
+            act=nn.GELU(),
+            fc2=nn.Linear(hidden_dim, hidden_dim),
         )
         self.out_dim = hidden_dim
 
@@ -63,3 +65,27 @@ def tensor(
     **_: object,
 ) -> TensorFusion:
     return TensorFusion(dims=dims, hidden_dim=hidden_dim, tensor_dim=tensor_dim, dropout=dropout)
+
+
+@fusion_pruner(TensorFusion, shrink_input=shrink_proj_input)
+def _prune(f: TensorFusion, pr: Chooser) -> Tensor:
+    """Each projection's width (z_m), the outer product's entries that read dropped ones, the
+    hidden and output widths of the MLP after it."""
+    fc1, fc2 = f.post.fc1, f.post.fc2
+    sizes_before = [f.proj[m].out_features + 1 for m in f.modalities]
+    kept_z = []
+    for m in f.modalities:
+        proj = f.proj[m]
+        keep = pr.choose([(proj.weight, 0)], proj.out_features, pr.count(proj.out_features))
+        slice_linear_(proj, out=keep)
+        kept_z.append(torch.cat([torch.zeros(1, dtype=torch.long), keep + 1]))  # [1; z]
+    # flat index of the outer product, built in the forward's order (row-major over modalities)
+    flat = torch.zeros(1, dtype=torch.long)
+    for size, z in zip(sizes_before, kept_z, strict=True):
+        flat = (flat.unsqueeze(1) * size + z.unsqueeze(0)).flatten()
+    hidden = pr.choose([(fc1.weight, 0), (fc2.weight, 1)], fc1.out_features, pr.count(fc1.out_features))
+    slice_linear_(fc1, out=hidden, inp=flat)
+    out = pr.choose([(fc2.weight, 0)], fc2.out_features, pr.count(fc2.out_features))
+    slice_linear_(fc2, out=out, inp=hidden)
+    f.out_dim = len(out)
+    return out
