@@ -23,3 +23,16 @@ class NotReady(MMFurnaceError):
 
 class UnsupportedContentType(InputError):
     """A request or an uploaded file has a content type the server does not accept (HTTP 415)."""
+
+
+class NonFiniteOutput(InputError):
+    """The model gave NaN/inf for a row — its input is far outside what the model was trained
+    on (e.g. finite but huge tensor values): HTTP 422, never a bare NaN in JSON."""
+
+
+NON_FINITE = ("the model's output is not finite (NaN/inf) for this input: its values are far outside "
+              "the range the model was trained on")
+
+
+class WorkerFailed(MMFurnaceError):
+    """A worker process died or failed while running a batch (HTTP 500; it is restarted)."""

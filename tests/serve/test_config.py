@@ -15,7 +15,7 @@ def test_yaml_and_overrides(tmp_path) -> None:
     assert cfg.max_batch_size == 16
     assert cfg.max_wait_ms == 2.5
     assert cfg.stage("image").backend == "onnxruntime"
-    assert cfg.stage("audio").backend == "eager"  # unconfigured: cpu / eager
+    assert cfg.stage("audio").backend == "auto"  # unconfigured: cpu / the best runtime installed
     assert cfg.fusion.backend == "onnxruntime"
     assert cfg.ray.num_replicas == 2
 
