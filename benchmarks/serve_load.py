@@ -8,8 +8,18 @@ parallel encoders — real HTTP, real samples, one run.
 Variants (all serve the same export; HTTP POST /v1/predict, multipart PNG + WAV + text):
     a  eager PyTorch, one request at a time      mode whole, max_batch_size 1
     b  dynamic batching, eager PyTorch            mode whole
-    c  dynamic batching, ONNX Runtime             mode whole
-    d  (c) with per-modality parallel encoders    mode split: encoders in parallel + fusion
+    c  the default config (mode auto -> whole, backend auto -> ONNX Runtime, each worker
+       process decodes, computes features and runs the model per batch)
+    d  per-modality parallel encoders on ONNX Runtime   mode split: encoders in parallel + fusion
+Peers (``--peers litserve,fastapi``; benchmarks/serve_peers.py, same export, preprocessing,
+samples and load generator): LitServe with dynamic batching, plain FastAPI + ONNX Runtime one
+request at a time. ``--one-client`` adds each server's latency at 1 client.
+
+Overload (``--overload 10 --overload-seconds 60``): for each variant, its capacity is measured
+first (closed loop, ``--clients``), then requests arrive open-loop at 10x that rate for 60 s;
+reported: goodput (200s/s) against capacity, p99 of the served requests against p99 at
+capacity, status counts, connection resets, client timeouts, and the server's RSS (its
+process and its worker processes) before and after.
 Each server runs in this process (uvicorn in a thread, 127.0.0.1, a free port); the load
 generator runs in a child process (httpx.AsyncClient, ``--clients`` concurrent clients), so
 client and server do not share a GIL. Every variant gets a warm-up, then at most
@@ -48,8 +58,8 @@ WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 VARIANTS: dict[str, dict[str, Any]] = {
     "a": {"label": "eager, one at a time", "cfg": {"mode": "whole", "max_batch_size": 1, "max_inflight_batches": 1}},
     "b": {"label": "eager, dynamic batching", "cfg": {"mode": "whole"}},
-    "c": {"label": "onnxruntime, dynamic batching", "cfg": {"mode": "whole", "whole": {"backend": "onnxruntime"}}},
-    "d": {"label": "(c) + parallel encoders", "cfg": {
+    "c": {"label": "default: whole, ORT, batch workers", "cfg": {}},
+    "d": {"label": "split: parallel encoders, ORT", "cfg": {
         "mode": "split",
         "stages": {m: {"backend": "onnxruntime"} for m in ("audio", "image", "text")},
         "fusion": {"backend": "onnxruntime"},
@@ -200,6 +210,28 @@ class _Httpx(_Aiohttp):
 CLIENTS = {"aiohttp": _Aiohttp, "httpx": _Httpx}
 
 
+def _loadgen() -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import loadgen
+
+    return loadgen
+
+
+def raw_requests(samples: list[dict[str, Any]], path: str = "/v1/predict") -> list[bytes]:
+    return [_loadgen().multipart_request(path, "127.0.0.1", s) for s in samples]
+
+
+def load_raw(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float,
+             path: str = "/v1/predict", timings: bool = True) -> dict[str, Any]:
+    """The raw load generator (benchmarks/loadgen.py), closed loop, in this (child) process."""
+    return _loadgen().run_closed(url, raw_requests(samples, path), clients=clients, seconds=seconds,
+                                 max_requests=requests, timings=timings)
+
+
+def overload_in_child(url: str, samples: list[dict[str, Any]], rate: float, seconds: float) -> dict[str, Any]:
+    return _loadgen().run_open(url, raw_requests(samples), rate=rate, seconds=seconds)
+
+
 async def _load(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float,
                 probe: bool = False, client_name: str = "aiohttp") -> dict[str, Any]:
     """``probe``: GET /v2/health/ready instead of predicting — what the HTTP stack and this load
@@ -253,7 +285,10 @@ async def _load(url: str, samples: list[dict[str, Any]], clients: int, requests:
 
 def load_in_child(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float,
                   probe: bool = False, client_name: str = "aiohttp") -> dict[str, Any]:
-    return asyncio.run(_load(url, samples, clients, requests, seconds, probe, client_name))
+    if client_name == "raw" and not probe:
+        return load_raw(url, samples, clients, requests, seconds)
+    return asyncio.run(_load(url, samples, clients, requests, seconds, probe,
+                             "aiohttp" if client_name == "raw" else client_name))
 
 
 # ----------------------------------------------------------------------------- variants
@@ -287,7 +322,85 @@ def run_variant_http(name: str, export: Path, samples: list[dict[str, Any]], arg
     with BackgroundServer(engine) as server:
         result = pool.submit(load_in_child, server.url, samples, args.clients, args.requests, args.seconds,
                              False, args.client).result()
+        if args.one_client:
+            result["one_client"] = pool.submit(load_in_child, server.url, samples, 1, args.requests,
+                                               min(args.seconds, 5.0), False, args.client).result()
+        if args.overload:
+            result["overload"] = run_overload(server, engine, samples, args, pool, result)
     return _finish(result, name, engine)
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory (MiB) of these processes, from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+def run_overload(server: Any, engine: Any, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any,
+                 capacity: dict[str, Any]) -> dict[str, Any]:
+    """Open-loop arrivals at ``args.overload`` x the capacity just measured."""
+    pids = [os.getpid()] + ([w.process.pid for w in engine.workers.workers] if engine.workers else [])
+    rate = args.overload * capacity["throughput_rps"]
+    before = rss_mb(pids)
+    out = pool.submit(overload_in_child, server.url, samples, rate, args.overload_seconds).result()
+    out.update(rss_mb_before=before, rss_mb_after=rss_mb(pids), capacity_rps=capacity["throughput_rps"],
+               capacity_p99_ms=capacity["p99_ms"])
+    served = out["statuses"].get("200", 0)
+    other_5xx = {k: v for k, v in out["statuses"].items() if k.startswith("5") and k != "503"}
+    out["checks"] = {
+        "goodput_over_capacity": round(served / out["wall_s"] / capacity["throughput_rps"], 3),
+        "served_p99_over_capacity_p99": round((out["ok_p99_ms"] or 0) / capacity["p99_ms"], 3),
+        "other_5xx": other_5xx, "connection_resets": out["connection_resets"],
+        "client_timeouts": out["client_timeouts"],
+    }
+    return out
+
+
+def run_peer(peer: str, export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
+    """A peer server (benchmarks/serve_peers.py) in a subprocess, loaded like the variants."""
+    import subprocess
+    import urllib.request
+
+    from mmfurnace.serve.server import free_port
+
+    port = free_port()
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "serve_peers.py"), peer, str(export),
+           "--port", str(port), "--workers", str(args.preprocess_workers), "--max-batch-size",
+           str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"peer {peer} did not start ({' '.join(cmd)})")
+            time.sleep(0.5)
+        result = pool.submit(load_raw, url, samples, args.clients, args.requests, args.seconds, "/predict", False).result()
+        if args.one_client:
+            result["one_client"] = pool.submit(load_raw, url, samples, 1, args.requests, min(args.seconds, 5.0),
+                                               "/predict", False).result()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    result.update(variant=peer, label={"litserve": "LitServe, batching", "fastapi": "FastAPI+ORT, one at a time"}[peer],
+                  mean_batch_size=float("nan"), config={"peer": peer}, engine={})
+    return result
 
 
 def measure_http_ceiling(export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
@@ -404,6 +517,16 @@ def measure_preprocessing(samples: list[dict[str, Any]], export: Path, workers: 
 # ----------------------------------------------------------------------------- report
 
 
+def cpu_flags() -> list[str]:
+    """The ISA flags that matter for these numbers (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"})
+
+
 def machine() -> dict[str, Any]:
     import onnxruntime
     import torch
@@ -412,9 +535,30 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
-        "cuda": torch.cuda.is_available(),
+        "cuda": torch.cuda.is_available(), "cpu_flags": cpu_flags(),
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],  # other work on the box
     }
+
+
+def print_extras(results: list[dict[str, Any]]) -> None:
+    """1-client latency and overload results, when measured."""
+    for r in results:
+        if "one_client" in r:
+            o = r["one_client"]
+            print(f"  1 client, {r['variant']}) {r['label']}: p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, "
+                  f"{o['throughput_rps']} req/s")
+    for r in results:
+        o = r.get("overload")
+        if o:
+            c = o["checks"]
+            print(f"\noverload, {r['variant']}) {r['label']}: offered {o['offered_rps']} req/s "
+                  f"({o['offered']} requests) = {o['offered_rps'] / o['capacity_rps']:.1f}x capacity {o['capacity_rps']} req/s")
+            print(f"  goodput {o['goodput_rps']} req/s = {c['goodput_over_capacity']:.2f}x capacity (target >= 0.8); "
+                  f"served p99 {o['ok_p99_ms']} ms = {c['served_p99_over_capacity_p99']:.2f}x p99 at capacity "
+                  f"{o['capacity_p99_ms']} ms (target <= 2)")
+            print(f"  statuses {o['statuses']}, other 5xx {c['other_5xx']}, resets {o['connection_resets']}, "
+                  f"client timeouts {o['client_timeouts']}, not sent {o['not_sent']}, "
+                  f"RSS {o['rss_mb_before']} -> {o['rss_mb_after']} MiB")
 
 
 def print_table(title: str, results: list[dict[str, Any]]) -> None:
@@ -423,6 +567,7 @@ def print_table(title: str, results: list[dict[str, Any]]) -> None:
     print(f"{'variant':<34} {'req/s':>8} {'x(a)':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6}  statuses")
     for r in results:
         speedup = r["throughput_rps"] / base["throughput_rps"] if base else float("nan")
+        r.setdefault("mean_batch_size", float("nan"))
         print(f"{r['variant'] + ') ' + r['label']:<34} {r['throughput_rps']:>8.1f} {speedup:>6.1f} {r['p50_ms']:>8.1f} "
               f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['mean_batch_size']:>6.1f}  {r['statuses']}")
     print("\nper-stage mean ms per request (server side):")
@@ -461,7 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preprocess-workers", type=int, default=2)
     p.add_argument("--ort-threads", type=int, default=1, help="intra-op threads per ONNX Runtime session")
     p.add_argument("--preprocess-mode", choices=("thread", "process"), default="process")
-    p.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp", help="load generator's HTTP client")
+    p.add_argument("--client", choices=["raw", *sorted(CLIENTS)], default="raw",
+                   help="load generator's HTTP client (raw: benchmarks/loadgen.py, cheapest)")
+    p.add_argument("--peers", default="", help="comma-separated peers to load too: litserve, fastapi")
+    p.add_argument("--one-client", action="store_true", help="also measure each server at 1 client")
+    p.add_argument("--overload", type=float, default=0.0, help="offered load as a multiple of capacity (e.g. 10)")
+    p.add_argument("--overload-seconds", type=float, default=60.0)
     p.add_argument("--preprocess-only", action="store_true", help="only measure threads vs processes")
     p.add_argument("--no-engine-level", action="store_true", help="skip the same variants without HTTP")
     p.add_argument("--json", type=Path, default=Path("report/serve_load.json"))
@@ -474,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
 
     samples, source = load_samples(args.data)
-    print(f"samples: {len(samples)} from {source}")
+    print(f"samples: {len(samples)} from {source}; {os.cpu_count()} CPUs, flags {' '.join(cpu_flags())}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="mmf-serve-load-") as tmp:
         export = args.export or make_export(samples, Path(tmp))
         report: dict[str, Any] = {"machine": machine(), "samples": source, "clients": args.clients,
@@ -496,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
                 for v in variants:
                     print(f"running {v}) {VARIANTS[v]['label']} over HTTP ...", flush=True)
                     results.append(run_variant_http(v, export, samples, args, pool))
+                for peer in [x.strip() for x in args.peers.split(",") if x.strip()]:
+                    print(f"running peer {peer} over HTTP ...", flush=True)
+                    results.append(run_peer(peer, export, samples, args, pool))
             report["http"] = results
             report["targets"] = check_targets(results, args.max_wait_ms)
             if report["targets"]:  # variants a and d both ran
@@ -516,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nHTTP ceiling, {args.clients} clients, GET /v2/health/ready: {ceiling['throughput_rps']:.1f} req/s "
                   f"(p50 {ceiling['p50_ms']:.1f} ms) -- no variant can serve more over HTTP on this machine")
             print_table(f"over HTTP, {args.clients} clients (POST /v1/predict, multipart PNG + WAV + text):", results)
+            print_extras(results)
             if "engine" in report:
                 print_table(f"engine only, {args.clients} concurrent callers (same raw samples, no HTTP):", report["engine"])
                 print_table(f"compute path only, {args.clients} concurrent callers (preprocessed arrays, no HTTP):", report["compute"])

@@ -97,7 +97,8 @@ def run_litserve(args: argparse.Namespace) -> None:
     api = MMFurnaceAPI(args.export, args.threads, max_batch_size=args.max_batch_size,
                        batch_timeout=args.max_wait_ms / 1000.0)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers, timeout=60)
-    server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False)
+    server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False,
+               api_server_worker_type="thread")
 
 
 def run_fastapi(args: argparse.Namespace) -> None:
