@@ -14,13 +14,12 @@ Both answer POST /predict (multipart image / audio files and a text field) with
 ``{"label", "probabilities"}`` and GET /health.
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 from typing import Any
 
 import numpy as np
+from fastapi import File, Form, UploadFile
 
 
 def _model(export: str, threads: int) -> tuple[Any, Any, Any]:
@@ -54,6 +53,7 @@ def _answer(logits: np.ndarray, class_names: tuple[str, ...]) -> dict[str, Any]:
 
 try:  # a module-level class: LitServe pickles the API into its worker processes
     import litserve as ls
+    from fastapi import Request
 
     class MMFurnaceAPI(ls.LitAPI):
         def __init__(self, export: str, threads: int, **kwargs: Any) -> None:
@@ -67,7 +67,7 @@ try:  # a module-level class: LitServe pickles the API into its worker processes
             self.pre, self.runtime, self.collate = _model(self.export, self.threads)
             self.classes = self.runtime.spec.info.class_names
 
-        def decode_request(self, request: Any) -> dict:
+        def decode_request(self, request: Request) -> dict:  # Request: LitServe reads the form
             row: dict[str, Any] = {}
             for name in ("image", "audio"):
                 if name in request:
@@ -102,8 +102,9 @@ def run_litserve(args: argparse.Namespace) -> None:
 
 
 def run_fastapi(args: argparse.Namespace) -> None:
+    import torch
     import uvicorn
-    from fastapi import FastAPI, File, Form, UploadFile
+    from fastapi import FastAPI
 
     pre, runtime, collate = _model(args.export, args.threads)
     classes = runtime.spec.info.class_names
@@ -113,9 +114,8 @@ def run_fastapi(args: argparse.Namespace) -> None:
     def health() -> dict:
         return {"ok": True}
 
-    @app.post("/predict")
     def predict(image: UploadFile | None = File(None), audio: UploadFile | None = File(None),  # noqa: B008
-                text: str | None = Form(None)) -> dict:
+                text: str | None = Form(None)) -> dict:  # noqa: B008
         row: dict[str, Any] = {}
         if image is not None:
             row["image"] = image.file.read()
@@ -126,8 +126,7 @@ def run_fastapi(args: argparse.Namespace) -> None:
         logits = runtime.run_graph(collate([pre(row)]))["logits"][0]
         return _answer(logits, classes)
 
-    import torch
-
+    app.post("/predict")(predict)
     torch.set_num_threads(1)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 

@@ -278,7 +278,7 @@ class InferenceEngine:
             )
             await batcher.start()
             self._batchers[graph] = batcher
-            self.admission.add_stage(graph, self._inflight(graph))
+            self.admission.add_stage(graph, self._inflight(graph), min_rows=max(2, self.cfg.max_batch_size // 8))
             self.metrics.queue_depth.labels(graph).set_function(lambda b=batcher: b.depth)
         self.ready = True
 
