@@ -98,13 +98,21 @@ class RayEngine:
     def describe(self) -> dict[str, Any]:
         return {"mode": self.cfg.mode, "runner": "ray", "modalities": self.modalities, "deployments": sorted(self.handles)}
 
-    async def infer(self, row: Any) -> Prediction:
+    def admit(self, rows: int = 1, deadline_s: float | None = None) -> None:
+        """What the HTTP routes ask before reading a body (Overloaded / NotReady)."""
         if not self.ready:
             raise NotReady("ingress is not started")
-        return await self.gate.answer(row, self._pipeline)
+        self.gate.admit(rows, deadline_s)
 
-    async def infer_many(self, rows: Any) -> list[Prediction]:
-        return await answer_many(self.infer, rows)
+    async def infer(self, row: Any, *, deadline_s: float | None = None) -> Prediction:
+        if not self.ready:
+            raise NotReady("ingress is not started")
+        return await self.gate.answer(row, self._pipeline, deadline_s=deadline_s)
+
+    async def infer_many(self, rows: Any, *, deadline_s: float | None = None) -> list[Prediction]:
+        self.admit(len(rows), deadline_s)
+        return await answer_many(
+            lambda r: self.gate.answer(r, self._pipeline, deadline_s=deadline_s, admitted=True), rows)
 
     async def _pipeline(self, row: dict[str, Any], timings: dict[str, float]) -> Any:
         t0 = time.perf_counter()
@@ -131,6 +139,19 @@ class RayEngine:
         return result
 
 
+def stage_batch(export_dir: str | Path, graph: str, stage: StageConfig, *, threads: int | None) -> GraphBatch:
+    """One stage deployment's work: rows of ``graph`` -> one result per row (a batch)."""
+    spec = load_spec(export_dir)
+    runner = build_stage(spec, graph, stage, threads=threads)
+    info = spec.info
+    return GraphBatch(
+        runner, graph, modalities=spec.modalities,
+        sequences={m for m in spec.modalities if spec.is_sequence(m)},
+        like={m: example_row(m, info.input_shapes[m], info.input_dtypes.get(m, "float32")) for m in spec.modalities},
+        shapes=encoder_shapes_from_spec(spec) if graph == FUSION_GRAPH else None,
+    )
+
+
 def _deployments() -> tuple[Any, Any]:
     serve = _require_ray()
 
@@ -144,17 +165,9 @@ def _deployments() -> tuple[Any, Any]:
                 import torch
 
                 torch.set_num_threads(torch_threads)  # this replica's own process
-            spec = load_spec(export_dir)
             if stage["device"].startswith("cuda"):
                 stage = {**stage, "device": "cuda"}  # Ray exposes the GPU it reserved as cuda:0
-            runner = build_stage(spec, graph, StageConfig(**stage), threads=threads)
-            info = spec.info
-            self.batch = GraphBatch(
-                runner, graph, modalities=spec.modalities,
-                sequences={m for m in spec.modalities if spec.is_sequence(m)},
-                like={m: example_row(m, info.input_shapes[m], info.input_dtypes.get(m, "float32")) for m in spec.modalities},
-                shapes=encoder_shapes_from_spec(spec) if graph == FUSION_GRAPH else None,
-            )
+            self.batch = stage_batch(export_dir, graph, StageConfig(**stage), threads=threads)
             self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"mmf-{graph}")
             self.run.set_max_batch_size(max_batch_size)
             self.run.set_batch_wait_timeout_s(batch_wait_timeout_s)
