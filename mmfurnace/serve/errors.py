@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmfurnace.errors import InputError, MMFurnaceError
+from mmfurnace.errors import InputError, MMFurnaceError, UnsupportedFormat
 
 
 class Overloaded(MMFurnaceError):
@@ -21,7 +21,7 @@ class NotReady(MMFurnaceError):
     """The engine has not been started, or is shutting down (HTTP 503)."""
 
 
-class UnsupportedContentType(InputError):
+class UnsupportedContentType(UnsupportedFormat):
     """A request or an uploaded file has a content type the server does not accept (HTTP 415)."""
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from mmfurnace.data.info import DatasetInfo
 from mmfurnace.errors import ConfigError, InputError
-from mmfurnace.serve.media import check_wav, guarded
+from mmfurnace.serve.media import guarded
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,6 @@ class Preprocessor:
             if isinstance(value, np.ndarray):
                 out[m] = value
                 continue
-            if m == "audio":
-                check_wav(value, m)
             out[m] = guarded(m, self._fn(m), value).numpy()
         return out
 
@@ -167,7 +165,6 @@ class Preprocessor:
                     if isinstance(value, np.ndarray):
                         arrays[m] = value
                     elif m == "audio":
-                        check_wav(value, m)
                         waves.append((i, guarded(m, self._waveform, value)))
                     else:
                         arrays[m] = guarded(m, self._fn(m), value).numpy()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mmfurnace.errors import InputError, MMFurnaceError
+from mmfurnace.errors import InputError, MMFurnaceError, UnsupportedFormat
 from mmfurnace.serve.errors import (
     NonFiniteOutput,
     NotReady,
@@ -51,7 +51,7 @@ def error_answer(exc: BaseException) -> Answer:
     """The status, body and headers that answer an exception (see the app's docstring)."""
     if isinstance(exc, BodyTooLarge):
         return json_answer(413, {"error": str(exc)}, [(b"connection", b"close")])
-    if isinstance(exc, UnsupportedContentType):
+    if isinstance(exc, UnsupportedFormat):  # incl. UnsupportedContentType
         return json_answer(415, {"error": str(exc)})
     if isinstance(exc, NonFiniteOutput):
         return json_answer(422, {"error": str(exc)})
