@@ -11,15 +11,20 @@ multipart POST building the form, this a few tens of microseconds.
     open_loop(...)          requests arrive at a fixed rate whatever the server does
                             (offered load), each on an idle connection or a new one (up to
                             ``max_connections``); latency counts from the scheduled arrival
-Both return counts by status, connection resets, client timeouts and latency percentiles.
+Both return counts by status, connection resets, client timeouts and latency percentiles;
+given the server's process ids, the closed loop also reports the CPU time the server and this
+client spent per answered request (from /proc): on a machine shared with other work, req/s
+follows the share of the CPU a server gets, CPU per request much less so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,6 +126,37 @@ class Tally:
         }
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds these processes have used (0 for one that is gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / tick
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
 async def _one(conn: Conn, raw: bytes, tally: Tally, started: float, timeout_s: float, timings: bool) -> bool:
     """One request on ``conn``; True when the connection can be reused."""
     try:
@@ -138,8 +174,10 @@ async def _one(conn: Conn, raw: bytes, tally: Tally, started: float, timeout_s: 
 
 
 async def closed(host: str, port: int, requests: list[bytes], *, clients: int, seconds: float, max_requests: int,
-                 warmup: bool = True, timeout_s: float = 60.0, timings: bool = True) -> dict[str, Any]:
-    """``clients`` connections in a closed loop for ``seconds`` (or ``max_requests``)."""
+                 warmup: bool = True, timeout_s: float = 60.0, timings: bool = True,
+                 server_pids: list[int] | None = None) -> dict[str, Any]:
+    """``clients`` connections in a closed loop for ``seconds`` (or ``max_requests``);
+    ``server_pids``: processes whose CPU time per request to report."""
     tally = Tally()
     sent = 0
 
@@ -159,9 +197,15 @@ async def closed(host: str, port: int, requests: list[bytes], *, clients: int, s
     if warmup:
         await asyncio.gather(*(client(k, time.perf_counter() + 60, clients, Tally()) for k in range(clients)))
         sent = 0
+    server_cpu, client_cpu = cpu_seconds(server_pids or []), time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(client(k, started + seconds, max_requests, tally) for k in range(clients)))
-    return tally.summary(time.perf_counter() - started)
+    out = tally.summary(time.perf_counter() - started)
+    answered = max(1, out["requests"])
+    if server_pids:
+        out["server_cpu_ms_per_req"] = round((cpu_seconds(server_pids) - server_cpu) * 1000 / answered, 3)
+    out["client_cpu_ms_per_req"] = round((time.process_time() - client_cpu) * 1000 / answered, 3)
+    return out
 
 
 async def open_loop(host: str, port: int, requests: list[bytes], *, rate: float, seconds: float,

@@ -24,8 +24,12 @@ Each server runs in this process (uvicorn in a thread, 127.0.0.1, a free port); 
 generator runs in a child process (httpx.AsyncClient, ``--clients`` concurrent clients), so
 client and server do not share a GIL. Every variant gets a warm-up, then at most
 ``--requests`` requests or ``--seconds`` seconds, whichever ends first. Reported: throughput,
-client-side p50/p95/p99 latency, status counts, mean batch size, and the server's per-stage
-breakdown (mean ms per request, from each response's ``timings_ms``).
+client-side p50/p95/p99 latency, status counts, mean batch size, the CPU time the server's
+processes spent per answered request (steadier than req/s on a machine shared with other
+work: req/s follows the share of the CPU a server gets), and the server's per-stage
+breakdown (mean ms per request, from each response's ``timings_ms``). ``--rounds N`` runs
+every variant and peer N times, interleaved, and reports the median round (every round's
+req/s beside it).
 
 The same variants then run twice more without HTTP (unless ``--no-engine-level``), to show
 where the time goes: "engine only" (``engine.infer`` on the same raw samples: preprocessing
@@ -222,10 +226,11 @@ def raw_requests(samples: list[dict[str, Any]], path: str = "/v1/predict") -> li
 
 
 def load_raw(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float,
-             path: str = "/v1/predict", timings: bool = True) -> dict[str, Any]:
-    """The raw load generator (benchmarks/loadgen.py), closed loop, in this (child) process."""
+             path: str = "/v1/predict", timings: bool = True, server_pids: list[int] | None = None) -> dict[str, Any]:
+    """The raw load generator (benchmarks/loadgen.py), closed loop, in this (child) process;
+    ``server_pids``: the server's processes, whose CPU per request is reported."""
     return _loadgen().run_closed(url, raw_requests(samples, path), clients=clients, seconds=seconds,
-                                 max_requests=requests, timings=timings)
+                                 max_requests=requests, timings=timings, server_pids=server_pids)
 
 
 def overload_in_child(url: str, samples: list[dict[str, Any]], rate: float, seconds: float) -> dict[str, Any]:
@@ -284,9 +289,9 @@ async def _load(url: str, samples: list[dict[str, Any]], clients: int, requests:
 
 
 def load_in_child(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float,
-                  probe: bool = False, client_name: str = "aiohttp") -> dict[str, Any]:
+                  probe: bool = False, client_name: str = "aiohttp", server_pids: list[int] | None = None) -> dict[str, Any]:
     if client_name == "raw" and not probe:
-        return load_raw(url, samples, clients, requests, seconds)
+        return load_raw(url, samples, clients, requests, seconds, server_pids=server_pids)
     return asyncio.run(_load(url, samples, clients, requests, seconds, probe,
                              "aiohttp" if client_name == "raw" else client_name))
 
@@ -313,21 +318,46 @@ def _finish(result: dict[str, Any], name: str, engine: Any) -> dict[str, Any]:
     return result
 
 
-def run_variant_http(name: str, export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
+def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median req/s (its own latencies and statuses), with every round's
+    req/s and server CPU per request beside it; an overload result from any round is kept."""
+    ordered = sorted(results, key=lambda r: r["throughput_rps"])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out["rounds_rps"] = [r["throughput_rps"] for r in results]
+    out["rounds_server_cpu_ms_per_req"] = [r.get("server_cpu_ms_per_req") for r in results]
+    if "one_client" in out:
+        out["rounds_one_client_p50_ms"] = [r["one_client"]["p50_ms"] for r in results if "one_client" in r]
+    for r in results:
+        if "overload" in r:
+            out["overload"] = r["overload"]
+    return out
+
+
+def run_variant_http(name: str, export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any,
+                     overload: bool = True) -> dict[str, Any]:
     """One variant over HTTP: server in a thread here, load generator in the child process."""
     from mmfurnace.serve.engine import InferenceEngine
     from mmfurnace.serve.server import BackgroundServer
 
     engine = InferenceEngine.from_export(export, variant_config(name, args))
     with BackgroundServer(engine) as server:
+        pids = server_pids(engine)
         result = pool.submit(load_in_child, server.url, samples, args.clients, args.requests, args.seconds,
-                             False, args.client).result()
+                             False, args.client, pids).result()
         if args.one_client:
             result["one_client"] = pool.submit(load_in_child, server.url, samples, 1, args.requests,
                                                min(args.seconds, 5.0), False, args.client).result()
-        if args.overload:
+        if args.overload and overload:
             result["overload"] = run_overload(server, engine, samples, args, pool, result)
     return _finish(result, name, engine)
+
+
+def server_pids(engine: Any) -> list[int]:
+    """This process (uvicorn, the event loop) and the engine's worker / pool processes."""
+    pool = getattr(engine.pool, "_pool", None)
+    pool_pids = list(getattr(pool, "_processes", None) or {})
+    workers = [w.process.pid for w in engine.workers.workers] if engine.workers else []
+    return [os.getpid(), *workers, *pool_pids]
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -346,7 +376,7 @@ def rss_mb(pids: list[int]) -> float:
 def run_overload(server: Any, engine: Any, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any,
                  capacity: dict[str, Any]) -> dict[str, Any]:
     """Open-loop arrivals at ``args.overload`` x the capacity just measured."""
-    pids = [os.getpid()] + ([w.process.pid for w in engine.workers.workers] if engine.workers else [])
+    pids = server_pids(engine)
     rate = args.overload * capacity["throughput_rps"]
     before = rss_mb(pids)
     out = pool.submit(overload_in_child, server.url, samples, rate, args.overload_seconds).result()
@@ -374,7 +404,10 @@ def run_peer(peer: str, export: Path, samples: list[dict[str, Any]], args: argpa
     cmd = [sys.executable, str(Path(__file__).resolve().parent / "serve_peers.py"), peer, str(export),
            "--port", str(port), "--workers", str(args.preprocess_workers), "--max-batch-size",
            str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group (same session, so the same CPU share as the variants served from
+    # this process): LitServe's worker processes outlive a terminated parent (found still
+    # busy-polling after a run), so the whole group is ended.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -388,19 +421,34 @@ def run_peer(peer: str, export: Path, samples: list[dict[str, Any]], args: argpa
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"peer {peer} did not start ({' '.join(cmd)})")
             time.sleep(0.5)
-        result = pool.submit(load_raw, url, samples, args.clients, args.requests, args.seconds, "/predict", False).result()
+        pids = _loadgen().process_tree(proc.pid)
+        result = pool.submit(load_raw, url, samples, args.clients, args.requests, args.seconds, "/predict", False,
+                             pids).result()
         if args.one_client:
             result["one_client"] = pool.submit(load_raw, url, samples, 1, args.requests, min(args.seconds, 5.0),
                                                "/predict", False).result()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc)
     result.update(variant=peer, label={"litserve": "LitServe, batching", "fastapi": "FastAPI+ORT, one at a time"}[peer],
                   mean_batch_size=float("nan"), config={"peer": peer}, engine={})
     return result
+
+
+def stop_group(proc: Any) -> None:
+    """End a peer server and every process it started (its own process group)."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        time.sleep(0.5)  # let the children see the signal too
 
 
 def measure_http_ceiling(export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
@@ -564,12 +612,18 @@ def print_extras(results: list[dict[str, Any]]) -> None:
 def print_table(title: str, results: list[dict[str, Any]]) -> None:
     base = next((r for r in results if r["variant"] == "a"), None)
     print(f"\n{title}")
-    print(f"{'variant':<34} {'req/s':>8} {'x(a)':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6}  statuses")
+    print(f"{'variant':<34} {'req/s':>8} {'x(a)':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} "
+          f"{'cpu ms':>7}  statuses")
     for r in results:
         speedup = r["throughput_rps"] / base["throughput_rps"] if base else float("nan")
         r.setdefault("mean_batch_size", float("nan"))
+        cpu = r.get("server_cpu_ms_per_req")
         print(f"{r['variant'] + ') ' + r['label']:<34} {r['throughput_rps']:>8.1f} {speedup:>6.1f} {r['p50_ms']:>8.1f} "
-              f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['mean_batch_size']:>6.1f}  {r['statuses']}")
+              f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['mean_batch_size']:>6.1f} "
+              f"{cpu if cpu is not None else float('nan'):>7.3f}  {r['statuses']}")
+        if len(r.get("rounds_rps", [])) > 1:
+            print(f"{'':<36}rounds: req/s {r['rounds_rps']}, server CPU ms/req {r['rounds_server_cpu_ms_per_req']}")
+    print("cpu ms: CPU time of the server's processes (event loop, workers, pools) per answered request")
     print("\nper-stage mean ms per request (server side):")
     for r in results:
         print(f"  {r['variant']}) " + ", ".join(f"{k} {v:.2f}" for k, v in r["stages_mean_ms"].items()))
@@ -612,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one-client", action="store_true", help="also measure each server at 1 client")
     p.add_argument("--overload", type=float, default=0.0, help="offered load as a multiple of capacity (e.g. 10)")
     p.add_argument("--overload-seconds", type=float, default=60.0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every variant and peer this many times, interleaved; report the median round")
     p.add_argument("--preprocess-only", action="store_true", help="only measure threads vs processes")
     p.add_argument("--no-engine-level", action="store_true", help="skip the same variants without HTTP")
     p.add_argument("--json", type=Path, default=Path("report/serve_load.json"))
@@ -644,12 +700,17 @@ def main(argv: list[str] | None = None) -> int:
                 print("measuring the HTTP ceiling (GET /v2/health/ready, no model work) ...", flush=True)
                 ceiling = measure_http_ceiling(export, samples, args, pool)
                 report["http_ceiling"] = ceiling
-                for v in variants:
-                    print(f"running {v}) {VARIANTS[v]['label']} over HTTP ...", flush=True)
-                    results.append(run_variant_http(v, export, samples, args, pool))
-                for peer in [x.strip() for x in args.peers.split(",") if x.strip()]:
-                    print(f"running peer {peer} over HTTP ...", flush=True)
-                    results.append(run_peer(peer, export, samples, args, pool))
+                peers = [x.strip() for x in args.peers.split(",") if x.strip()]
+                rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in [*variants, *peers]}
+                for k in range(args.rounds):  # interleaved: a change of machine load hits every server
+                    last = k == args.rounds - 1
+                    for v in variants:
+                        print(f"round {k + 1}/{args.rounds}: {v}) {VARIANTS[v]['label']} over HTTP ...", flush=True)
+                        rounds[v].append(run_variant_http(v, export, samples, args, pool, overload=last))
+                    for peer in peers:
+                        print(f"round {k + 1}/{args.rounds}: peer {peer} over HTTP ...", flush=True)
+                        rounds[peer].append(run_peer(peer, export, samples, args, pool))
+                results = [median_round(rs) for rs in rounds.values()]
             report["http"] = results
             report["targets"] = check_targets(results, args.max_wait_ms)
             if report["targets"]:  # variants a and d both ran

@@ -42,3 +42,43 @@ def test_ceiling_probe_does_no_model_work(server, samples) -> None:
     asyncio.run(bench._load(server.url, samples[:1], clients=1, requests=1, seconds=30))  # a real one
     for stage, before in batches.items():
         assert server.engine.metrics.batch_summary(stage)["batches"] > before
+
+
+def test_raw_closed_loop_reports_server_cpu_per_request(server, samples) -> None:
+    import os
+
+    bench = load_benchmark("serve_load")
+    pids = bench.server_pids(server.engine)
+    assert os.getpid() in pids
+    assert len(pids) == 1 + len(server.engine.workers.workers)  # the event loop and its batch workers
+    result = bench.load_raw(server.url, samples, clients=4, requests=40, seconds=30, server_pids=pids)
+    assert result["statuses"] == {"200": 40}
+    assert result["server_cpu_ms_per_req"] > 0
+    assert result["client_cpu_ms_per_req"] > 0
+    assert {"model", "preprocess", "total"} <= set(result["stages_mean_ms"])
+
+
+def test_open_loop_accounts_for_every_offered_request(server, samples) -> None:
+    bench = load_benchmark("serve_load")
+    out = bench.overload_in_child(server.url, samples[:3], rate=20.0, seconds=1.0)
+    assert out["offered"] == 20
+    answered = sum(out["statuses"].values())
+    assert answered + out["connection_resets"] + out["client_timeouts"] + out["not_sent"] == 20
+    assert out["statuses"] == {"200": 20}  # 20 req/s is far below this server's capacity
+    assert out["goodput_rps"] > 0
+
+
+def test_process_tree_finds_children() -> None:
+    import subprocess
+    import sys
+
+    bench = load_benchmark("loadgen")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import os
+
+        assert child.pid in bench.process_tree(os.getpid())
+        assert bench.cpu_seconds([os.getpid()]) > 0
+    finally:
+        child.kill()
+        child.wait()
