@@ -623,7 +623,8 @@ def print_table(title: str, results: list[dict[str, Any]]) -> None:
               f"{cpu if cpu is not None else float('nan'):>7.3f}  {r['statuses']}")
         if len(r.get("rounds_rps", [])) > 1:
             print(f"{'':<36}rounds: req/s {r['rounds_rps']}, server CPU ms/req {r['rounds_server_cpu_ms_per_req']}")
-    print("cpu ms: CPU time of the server's processes (event loop, workers, pools) per answered request")
+    print("req/s: requests served (200) per second; cpu ms: CPU time of the server's processes (event loop,\n"
+          "workers, pools) per served request; a 503 carries Retry-After, which the load generator honours")
     print("\nper-stage mean ms per request (server side):")
     for r in results:
         print(f"  {r['variant']}) " + ", ".join(f"{k} {v:.2f}" for k, v in r["stages_mean_ms"].items()))

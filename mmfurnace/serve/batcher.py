@@ -38,12 +38,15 @@ BatchFn = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What one dispatched batch looked like: its size, each item's wait, its run time (s)."""
+    """What one dispatched batch looked like: its size, each item's wait, its run time (s),
+    when it finished (the batcher's clock) and how many items were queued at that moment."""
 
     name: str
     size: int
     waits_s: tuple[float, ...]
     run_s: float
+    done_at: float = 0.0
+    waiting: int = 0
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,8 @@ class DynamicBatcher(Generic[T, R]):
                     )
             except Exception as exc:  # noqa: BLE001 - the batch's error goes to every caller
                 results = [exc] * len(batch)
-            run_s = self._clock() - started
+            done_at = self._clock()
+            run_s = done_at - started
             for item, wait, result in zip(batch, waits, results, strict=True):
                 if item.future.done():  # caller gave up (timeout) while the batch ran
                     continue
@@ -262,7 +266,7 @@ class DynamicBatcher(Generic[T, R]):
                     item.future.set_result(Timed(result, wait, run_s, len(batch)))
             self.batches_dispatched += 1
             if self._on_batch is not None:
-                self._on_batch(BatchStats(self.name, len(batch), waits, run_s))
+                self._on_batch(BatchStats(self.name, len(batch), waits, run_s, done_at, len(self._items)))
         finally:
             # Cancelled mid-batch (shutdown): no caller may be left waiting forever.
             for item in batch:

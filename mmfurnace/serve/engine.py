@@ -320,7 +320,7 @@ class InferenceEngine:
 
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.observe_batch(stats)
-        self.admission.observe(stats.name, stats.size, stats.run_s)
+        self.admission.observe(stats.name, stats.size, stats.run_s, done_at=stats.done_at, waiting=stats.waiting)
 
     # -- inference ----------------------------------------------------------------------------
 

@@ -24,6 +24,19 @@ def test_stage_rate_learns_from_full_batches_only() -> None:
     assert rate.per_row_s == pytest.approx(0.001 + EWMA_WEIGHT * (0.002 - 0.001))
 
 
+def test_drain_rate_takes_over_once_rows_wait() -> None:
+    """Two workers finishing 8-row batches every 10 ms (alternating) with rows queued drain a
+    row every 1.25 ms, whatever each batch's own run time says."""
+    rate = StageRate(parallel=2, min_rows=4)
+    rate.observe(8, 0.002, done_at=1.000, waiting=0)  # batch time alone: 0.125 ms per row
+    assert rate.row_s == pytest.approx(0.000125)
+    rate.observe(8, 0.002, done_at=1.100, waiting=0)  # idle gap, nothing waiting: not a drain
+    assert rate.row_s == pytest.approx(0.000125)
+    for k in range(1, 40):
+        rate.observe(8, 0.002, done_at=1.100 + 0.010 * k, waiting=5)
+    assert rate.row_s == pytest.approx(0.00125)
+
+
 def test_admission_sheds_what_would_outlast_the_budget_or_the_deadline() -> None:
     adm = Admission(budget_s=0.050, retry_after_s=3)
     adm.add_stage("model", parallel=1)

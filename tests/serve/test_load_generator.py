@@ -82,3 +82,34 @@ def test_process_tree_finds_children() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_closed_loop_honours_retry_after() -> None:
+    """A server that sheds every request with Retry-After: 1: two clients for 1.5 s send one
+    request each at once and one more after a second — not a storm of 503s."""
+    bench = load_benchmark("loadgen")
+    answer = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                await reader.readexactly(length)
+                writer.write(answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        async with server:
+            return await bench.closed("127.0.0.1", port, [request], clients=2, seconds=1.5, max_requests=1000,
+                                      warmup=False, timings=False)
+
+    out = asyncio.run(main())
+    assert out["statuses"] == {"503": 4}
+    assert out["retry_after_waits"] == 4
+    assert out["throughput_rps"] == 0  # nothing served
+    assert out["answered_rps"] > 0
