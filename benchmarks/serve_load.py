@@ -15,6 +15,8 @@ Peers (``--peers litserve,fastapi``; benchmarks/serve_peers.py, same export, pre
 samples and load generator): LitServe with dynamic batching, plain FastAPI + ONNX Runtime one
 request at a time. ``--one-client`` adds each server's latency at 1 client.
 
+``--ray`` adds the default config deployed on a local Ray Serve (``mmfurnace serve --ray``).
+
 Overload (``--overload 10 --overload-seconds 60``): for each variant, its capacity is measured
 first (closed loop, ``--clients``), then requests arrive open-loop at 10x that rate for 60 s;
 reported: goodput (200s/s) against capacity, p99 of the served requests against p99 at
@@ -451,6 +453,42 @@ def stop_group(proc: Any) -> None:
         time.sleep(0.5)  # let the children see the signal too
 
 
+def run_ray_server(export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
+    """The default config deployed on a local Ray Serve (``mmfurnace serve --ray``: with every
+    stage on the CPU, one whole-engine deployment sized to the machine's CPUs), loaded like the
+    variants. Server CPU counts every process this one started (GCS, raylet, proxy, replica,
+    its batch workers) except the load generator."""
+    import ray
+    from ray import serve
+
+    from mmfurnace.serve.config import ServeConfig
+    from mmfurnace.serve.ray_app import build_ray_app
+    from mmfurnace.serve.server import free_port
+
+    cfg = ServeConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                      preprocess_workers=args.preprocess_workers, intra_op_threads=args.ort_threads)
+    port = free_port()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        available = float(ray.available_resources().get("CPU", 0.0))
+        serve.run(build_ray_app(export, cfg, available_cpus=available), name=cfg.model_name, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        client = set(_loadgen().process_tree(next(iter(pool._processes))))  # the load generator
+        pids = [p for p in _loadgen().process_tree(os.getpid()) if p not in client]
+        result = pool.submit(load_raw, url, samples, args.clients, args.requests, args.seconds, "/v1/predict", True,
+                             pids).result()
+        if args.one_client:
+            result["one_client"] = pool.submit(load_raw, url, samples, 1, args.requests, min(args.seconds, 5.0)).result()
+        deployments = sorted(serve.status().applications[cfg.model_name].deployments)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    result.update(variant="ray", label="default config on Ray Serve", mean_batch_size=float("nan"),
+                  config={"ray": True, "deployments": deployments, "cpus": available}, engine={})
+    return result
+
+
 def measure_http_ceiling(export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
     """Requests/s of GET /v2/health/ready with the same clients and server: no variant can
     serve more than this over HTTP here, whatever its model path costs."""
@@ -665,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator's HTTP client (raw: benchmarks/loadgen.py, cheapest)")
     p.add_argument("--peers", default="", help="comma-separated peers to load too: litserve, fastapi")
     p.add_argument("--one-client", action="store_true", help="also measure each server at 1 client")
+    p.add_argument("--ray", action="store_true", help="also load the default config on a local Ray Serve")
     p.add_argument("--overload", type=float, default=0.0, help="offered load as a multiple of capacity (e.g. 10)")
     p.add_argument("--overload-seconds", type=float, default=60.0)
     p.add_argument("--rounds", type=int, default=1,
@@ -711,6 +750,9 @@ def main(argv: list[str] | None = None) -> int:
                     for peer in peers:
                         print(f"round {k + 1}/{args.rounds}: peer {peer} over HTTP ...", flush=True)
                         rounds[peer].append(run_peer(peer, export, samples, args, pool))
+                    if args.ray:
+                        print(f"round {k + 1}/{args.rounds}: the default config on Ray Serve ...", flush=True)
+                        rounds.setdefault("ray", []).append(run_ray_server(export, samples, args, pool))
                 results = [median_round(rs) for rs in rounds.values()]
             report["http"] = results
             report["targets"] = check_targets(results, args.max_wait_ms)
