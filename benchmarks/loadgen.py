@@ -135,6 +135,12 @@ class Tally:
         }
 
 
+# A keep-alive connection idle longer than this is not reused: uvicorn closes idle connections
+# after 5 s, and a request written into one that is closing came back as a reset (24 of 6,000
+# at 2x capacity) — a client's idle timeout, like any HTTP client pool's, not the server's fault.
+IDLE_S = 4.0
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds these processes have used (0 for one that is gone)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -226,13 +232,19 @@ async def open_loop(host: str, port: int, requests: list[bytes], *, rate: float,
                     max_connections: int = 4096, timeout_s: float = 30.0) -> dict[str, Any]:
     """Requests at ``rate`` per second for ``seconds``, whatever the answers (offered load)."""
     tally = Tally()
-    idle: list[Conn] = []
+    idle: list[tuple[Conn, float]] = []  # (connection, when it was last answered)
     open_count = 0
     tasks: set[asyncio.Task] = set()
 
     async def fire(raw: bytes, scheduled: float) -> None:
         nonlocal open_count
-        conn = idle.pop() if idle else None
+        conn = None
+        while idle and conn is None:
+            conn, used = idle.pop()
+            if time.perf_counter() - used > IDLE_S:  # the server may have closed it: a new one
+                conn.close()
+                open_count -= 1
+                conn = None
         if conn is None:
             if open_count >= max_connections:
                 tally.not_sent += 1
@@ -245,7 +257,7 @@ async def open_loop(host: str, port: int, requests: list[bytes], *, rate: float,
                 tally.resets += 1
                 return
         if (await _one(conn, raw, tally, scheduled, timeout_s, False))[0]:
-            idle.append(conn)
+            idle.append((conn, time.perf_counter()))
         else:
             conn.close()
             open_count -= 1
@@ -265,7 +277,7 @@ async def open_loop(host: str, port: int, requests: list[bytes], *, rate: float,
     if tasks:
         await asyncio.wait(tasks, timeout=timeout_s + 5)
     wall = time.perf_counter() - started
-    for conn in idle:
+    for conn, _ in idle:
         conn.close()
     out = tally.summary(wall)
     out.update(offered_rps=round(rate, 1), offered=total, max_open_connections=max_connections)

@@ -17,8 +17,9 @@ request at a time. ``--one-client`` adds each server's latency at 1 client.
 
 ``--ray`` adds the default config deployed on a local Ray Serve (``mmfurnace serve --ray``).
 
-Overload (``--overload 10 --overload-seconds 60``): for each variant, its capacity is measured
-first (closed loop, ``--clients``), then requests arrive open-loop at 10x that rate for 60 s;
+Overload (``--overload 10 --overload-seconds 60``, or ``--overload 2,5,10`` for each in turn): for
+each variant, its capacity is measured first (closed loop, ``--clients``), then requests arrive
+open-loop at 10x that rate for 60 s;
 reported: goodput (200s/s) against capacity, p99 of the served requests against p99 at
 capacity, status counts, connection resets, client timeouts, and the server's RSS (its
 process and its worker processes) before and after.
@@ -376,22 +377,27 @@ def rss_mb(pids: list[int]) -> float:
 
 
 def run_overload(server: Any, engine: Any, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any,
-                 capacity: dict[str, Any]) -> dict[str, Any]:
-    """Open-loop arrivals at ``args.overload`` x the capacity just measured."""
+                 capacity: dict[str, Any]) -> list[dict[str, Any]]:
+    """Open-loop arrivals at each of ``args.overload`` x the capacity just measured, in turn
+    (a few seconds apart, so what one left queued is answered before the next starts)."""
     pids = server_pids(engine)
-    rate = args.overload * capacity["throughput_rps"]
-    before = rss_mb(pids)
-    out = pool.submit(overload_in_child, server.url, samples, rate, args.overload_seconds).result()
-    out.update(rss_mb_before=before, rss_mb_after=rss_mb(pids), capacity_rps=capacity["throughput_rps"],
-               capacity_p99_ms=capacity["p99_ms"])
-    served = out["statuses"].get("200", 0)
-    other_5xx = {k: v for k, v in out["statuses"].items() if k.startswith("5") and k != "503"}
-    out["checks"] = {
-        "goodput_over_capacity": round(served / out["wall_s"] / capacity["throughput_rps"], 3),
-        "served_p99_over_capacity_p99": round((out["ok_p99_ms"] or 0) / capacity["p99_ms"], 3),
-        "other_5xx": other_5xx, "connection_resets": out["connection_resets"],
-        "client_timeouts": out["client_timeouts"],
-    }
+    out = []
+    for k, multiple in enumerate(args.overload):
+        if k:
+            time.sleep(5.0)
+        rate = multiple * capacity["throughput_rps"]
+        before = rss_mb(pids)
+        o = pool.submit(overload_in_child, server.url, samples, rate, args.overload_seconds).result()
+        o.update(multiple=multiple, rss_mb_before=before, rss_mb_after=rss_mb(pids),
+                 capacity_rps=capacity["throughput_rps"], capacity_p99_ms=capacity["p99_ms"])
+        served = o["statuses"].get("200", 0)
+        o["checks"] = {
+            "goodput_over_capacity": round(served / o["wall_s"] / capacity["throughput_rps"], 3),
+            "served_p99_over_capacity_p99": round((o["ok_p99_ms"] or 0) / capacity["p99_ms"], 3),
+            "other_5xx": {s: n for s, n in o["statuses"].items() if s.startswith("5") and s != "503"},
+            "connection_resets": o["connection_resets"], "client_timeouts": o["client_timeouts"],
+        }
+        out.append(o)
     return out
 
 
@@ -634,8 +640,7 @@ def print_extras(results: list[dict[str, Any]]) -> None:
             print(f"  1 client, {r['variant']}) {r['label']}: p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, "
                   f"{o['throughput_rps']} req/s")
     for r in results:
-        o = r.get("overload")
-        if o:
+        for o in r.get("overload") or []:
             c = o["checks"]
             print(f"\noverload, {r['variant']}) {r['label']}: offered {o['offered_rps']} req/s "
                   f"({o['offered']} requests) = {o['offered_rps'] / o['capacity_rps']:.1f}x capacity {o['capacity_rps']} req/s")
@@ -704,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers", default="", help="comma-separated peers to load too: litserve, fastapi")
     p.add_argument("--one-client", action="store_true", help="also measure each server at 1 client")
     p.add_argument("--ray", action="store_true", help="also load the default config on a local Ray Serve")
-    p.add_argument("--overload", type=float, default=0.0, help="offered load as a multiple of capacity (e.g. 10)")
+    p.add_argument("--overload", type=lambda v: [float(x) for x in v.split(",") if x.strip()], default=[],
+                   help="offered load as multiples of capacity, run in turn (e.g. 10, or 2,5,10)")
     p.add_argument("--overload-seconds", type=float, default=60.0)
     p.add_argument("--rounds", type=int, default=1,
                    help="run every variant and peer this many times, interleaved; report the median round")
