@@ -24,8 +24,9 @@ reported: goodput (200s/s) against capacity, p99 of the served requests against 
 capacity, status counts, connection resets, client timeouts, and the server's RSS (its
 process and its worker processes) before and after.
 Each server runs in this process (uvicorn in a thread, 127.0.0.1, a free port); the load
-generator runs in a child process (httpx.AsyncClient, ``--clients`` concurrent clients), so
-client and server do not share a GIL. Every variant gets a warm-up, then at most
+generator runs in a child process in its own session (``--clients`` concurrent connections of
+benchmarks/loadgen.py), so client and server share neither a GIL nor, under autogroup
+scheduling, a share of the CPU. Every variant gets a warm-up, then at most
 ``--requests`` requests or ``--seconds`` seconds, whichever ends first. Reported: throughput,
 client-side p50/p95/p99 latency, status counts, mean batch size, the CPU time the server's
 processes spent per answered request (steadier than req/s on a machine shared with other
@@ -742,7 +743,11 @@ def main(argv: list[str] | None = None) -> int:
             ctx = multiprocessing.get_context("spawn")
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            # The load generator in its own session: where the kernel shares the CPU out per
+            # session (autogroup scheduling, on by default on desktop/server kernels), a client in
+            # the server's session took its CPU out of the server's share on a busy machine (the
+            # event loop got 0.2 of a core at 5x overload), unlike a client on another machine.
+            with ProcessPoolExecutor(1, mp_context=ctx, initializer=os.setsid) as pool:
                 print("measuring the HTTP ceiling (GET /v2/health/ready, no model work) ...", flush=True)
                 ceiling = measure_http_ceiling(export, samples, args, pool)
                 report["http_ceiling"] = ceiling

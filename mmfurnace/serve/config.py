@@ -124,7 +124,8 @@ class ServeConfig(StrictModel):
     latency_budget_ms:  admission by latency (Triton's queue policy / Ray Serve's queue
                         limit, sized in time): a request is shed at the door (HTTP 503) when
                         the rows admitted ahead of it would take longer than this to serve at
-                        the measured per-row service time — or longer than its own deadline
+                        the measured drain rate (:mod:`mmfurnace.serve.admission`) — or
+                        longer than its own deadline
                         (``X-Request-Timeout-Ms`` header, or v2 ``parameters.timeout`` in
                         microseconds), whichever is shorter. None: only the queue bounds.
     max_inflight_batches: batches a stage may have in flight at once; 2 lets the next batch
