@@ -34,6 +34,8 @@ from mmfurnace.serve.errors import Overloaded
 # Weight of the newest batch in the running mean: ~20 batches of memory, so the estimate
 # follows a change of load within a fraction of a second at serving rates.
 EWMA_WEIGHT = 0.05
+# Batches without rows waiting after which the drain rate no longer counts (the EWMA's memory).
+DRAIN_MEMORY = 20
 
 
 def _mean(old: float | None, x: float) -> float:
@@ -51,6 +53,7 @@ class StageRate:
     drain_interval_s: float | None = None  # mean time between completions with rows waiting
     drain_rows: float | None = None  # mean rows of those batches
     last_done: float | None = None
+    since_drain: int = 0  # batches finished since the last one with rows waiting
 
     def observe(self, rows: int, run_s: float, *, done_at: float | None = None, waiting: int = 0) -> None:
         """One finished batch: ``rows`` rows run in ``run_s``; ``done_at`` (monotonic s) when
@@ -60,13 +63,18 @@ class StageRate:
             if waiting > 0 and last is not None and done_at > last:
                 self.drain_interval_s = _mean(self.drain_interval_s, done_at - last)
                 self.drain_rows = _mean(self.drain_rows, rows)
+                self.since_drain = 0
+            else:
+                self.since_drain += 1
         if rows >= max(1, self.min_rows) and run_s >= 0:
             self.per_row_s = _mean(self.per_row_s, run_s / rows)
 
     @property
     def row_s(self) -> float | None:
         """Seconds of this stage's time per row with all its batches busy."""
-        if self.drain_interval_s is not None and self.drain_rows:
+        # A drain measured during an overload that has passed is stale: left in place, a slow
+        # one would keep shedding a light load that never queues enough rows to correct it.
+        if self.drain_interval_s is not None and self.drain_rows and self.since_drain <= DRAIN_MEMORY:
             return self.drain_interval_s / self.drain_rows
         return None if self.per_row_s is None else self.per_row_s / self.parallel
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from mmfurnace.serve.admission import EWMA_WEIGHT, Admission, StageRate
+from mmfurnace.serve.admission import DRAIN_MEMORY, EWMA_WEIGHT, Admission, StageRate
 from mmfurnace.serve.config import ServeConfig
 from mmfurnace.serve.engine import InferenceEngine
 from mmfurnace.serve.errors import Overloaded
@@ -35,6 +35,13 @@ def test_drain_rate_takes_over_once_rows_wait() -> None:
     for k in range(1, 40):
         rate.observe(8, 0.002, done_at=1.100 + 0.010 * k, waiting=5)
     assert rate.row_s == pytest.approx(0.00125)
+    # The overload passes: batches finish with nothing waiting; the drain goes stale and the
+    # batch-time estimate takes over again (a stale slow drain would shed a light load forever).
+    for k in range(DRAIN_MEMORY):
+        rate.observe(8, 0.002, done_at=3.0 + k, waiting=0)
+    assert rate.row_s == pytest.approx(0.00125)
+    rate.observe(8, 0.002, done_at=30.0, waiting=0)
+    assert rate.row_s == pytest.approx(0.000125)
 
 
 def test_admission_sheds_what_would_outlast_the_budget_or_the_deadline() -> None:
