@@ -8,14 +8,32 @@ parallel encoders — real HTTP, real samples, one run.
 Variants (all serve the same export; HTTP POST /v1/predict, multipart PNG + WAV + text):
     a  eager PyTorch, one request at a time      mode whole, max_batch_size 1
     b  dynamic batching, eager PyTorch            mode whole
-    c  dynamic batching, ONNX Runtime             mode whole
-    d  (c) with per-modality parallel encoders    mode split: encoders in parallel + fusion
+    c  the default config (mode auto -> whole, backend auto -> ONNX Runtime, each worker
+       process decodes, computes features and runs the model per batch)
+    d  per-modality parallel encoders on ONNX Runtime   mode split: encoders in parallel + fusion
+Peers (``--peers litserve,fastapi``; benchmarks/serve_peers.py, same export, preprocessing,
+samples and load generator): LitServe with dynamic batching, plain FastAPI + ONNX Runtime one
+request at a time. ``--one-client`` adds each server's latency at 1 client.
+
+``--ray`` adds the default config deployed on a local Ray Serve (``mmfurnace serve --ray``).
+
+Overload (``--overload 10 --overload-seconds 60``, or ``--overload 2,5,10`` for each in turn): for
+each variant, its capacity is measured first (closed loop, ``--clients``), then requests arrive
+open-loop at 10x that rate for 60 s;
+reported: goodput (200s/s) against capacity, p99 of the served requests against p99 at
+capacity, status counts, connection resets, client timeouts, and the server's RSS (its
+process and its worker processes) before and after.
 Each server runs in this process (uvicorn in a thread, 127.0.0.1, a free port); the load
-generator runs in a child process (httpx.AsyncClient, ``--clients`` concurrent clients), so
-client and server do not share a GIL. Every variant gets a warm-up, then at most
+generator runs in a child process in its own session (``--clients`` concurrent connections of
+benchmarks/loadgen.py), so client and server share neither a GIL nor, under autogroup
+scheduling, a share of the CPU. Every variant gets a warm-up, then at most
 ``--requests`` requests or ``--seconds`` seconds, whichever ends first. Reported: throughput,
-client-side p50/p95/p99 latency, status counts, mean batch size, and the server's per-stage
-breakdown (mean ms per request, from each response's ``timings_ms``).
+client-side p50/p95/p99 latency, status counts, mean batch size, the CPU time the server's
+processes spent per answered request (steadier than req/s on a machine shared with other
+work: req/s follows the share of the CPU a server gets), and the server's per-stage
+breakdown (mean ms per request, from each response's ``timings_ms``). ``--rounds N`` runs
+every variant and peer N times, interleaved, and reports the median round (every round's
+req/s beside it).
 
 The same variants then run twice more without HTTP (unless ``--no-engine-level``), to show
 where the time goes: "engine only" (``engine.infer`` on the same raw samples: preprocessing
@@ -48,8 +66,8 @@ WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 VARIANTS: dict[str, dict[str, Any]] = {
     "a": {"label": "eager, one at a time", "cfg": {"mode": "whole", "max_batch_size": 1, "max_inflight_batches": 1}},
     "b": {"label": "eager, dynamic batching", "cfg": {"mode": "whole"}},
-    "c": {"label": "onnxruntime, dynamic batching", "cfg": {"mode": "whole", "whole": {"backend": "onnxruntime"}}},
-    "d": {"label": "(c) + parallel encoders", "cfg": {
+    "c": {"label": "default: whole, ORT, batch workers", "cfg": {}},
+    "d": {"label": "split: parallel encoders, ORT", "cfg": {
         "mode": "split",
         "stages": {m: {"backend": "onnxruntime"} for m in ("audio", "image", "text")},
         "fusion": {"backend": "onnxruntime"},
@@ -200,6 +218,29 @@ class _Httpx(_Aiohttp):
 CLIENTS = {"aiohttp": _Aiohttp, "httpx": _Httpx}
 
 
+def _loadgen() -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import loadgen
+
+    return loadgen
+
+
+def raw_requests(samples: list[dict[str, Any]], path: str = "/v1/predict") -> list[bytes]:
+    return [_loadgen().multipart_request(path, "127.0.0.1", s) for s in samples]
+
+
+def load_raw(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float,
+             path: str = "/v1/predict", timings: bool = True, server_pids: list[int] | None = None) -> dict[str, Any]:
+    """The raw load generator (benchmarks/loadgen.py), closed loop, in this (child) process;
+    ``server_pids``: the server's processes, whose CPU per request is reported."""
+    return _loadgen().run_closed(url, raw_requests(samples, path), clients=clients, seconds=seconds,
+                                 max_requests=requests, timings=timings, server_pids=server_pids)
+
+
+def overload_in_child(url: str, samples: list[dict[str, Any]], rate: float, seconds: float) -> dict[str, Any]:
+    return _loadgen().run_open(url, raw_requests(samples), rate=rate, seconds=seconds)
+
+
 async def _load(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float,
                 probe: bool = False, client_name: str = "aiohttp") -> dict[str, Any]:
     """``probe``: GET /v2/health/ready instead of predicting — what the HTTP stack and this load
@@ -252,8 +293,11 @@ async def _load(url: str, samples: list[dict[str, Any]], clients: int, requests:
 
 
 def load_in_child(url: str, samples: list[dict[str, Any]], clients: int, requests: int, seconds: float,
-                  probe: bool = False, client_name: str = "aiohttp") -> dict[str, Any]:
-    return asyncio.run(_load(url, samples, clients, requests, seconds, probe, client_name))
+                  probe: bool = False, client_name: str = "aiohttp", server_pids: list[int] | None = None) -> dict[str, Any]:
+    if client_name == "raw" and not probe:
+        return load_raw(url, samples, clients, requests, seconds, server_pids=server_pids)
+    return asyncio.run(_load(url, samples, clients, requests, seconds, probe,
+                             "aiohttp" if client_name == "raw" else client_name))
 
 
 # ----------------------------------------------------------------------------- variants
@@ -278,16 +322,178 @@ def _finish(result: dict[str, Any], name: str, engine: Any) -> dict[str, Any]:
     return result
 
 
-def run_variant_http(name: str, export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
+def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median req/s (its own latencies and statuses), with every round's
+    req/s and server CPU per request beside it; an overload result from any round is kept."""
+    ordered = sorted(results, key=lambda r: r["throughput_rps"])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out["rounds_rps"] = [r["throughput_rps"] for r in results]
+    out["rounds_server_cpu_ms_per_req"] = [r.get("server_cpu_ms_per_req") for r in results]
+    if "one_client" in out:
+        out["rounds_one_client_p50_ms"] = [r["one_client"]["p50_ms"] for r in results if "one_client" in r]
+    for r in results:
+        if "overload" in r:
+            out["overload"] = r["overload"]
+    return out
+
+
+def run_variant_http(name: str, export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any,
+                     overload: bool = True) -> dict[str, Any]:
     """One variant over HTTP: server in a thread here, load generator in the child process."""
     from mmfurnace.serve.engine import InferenceEngine
     from mmfurnace.serve.server import BackgroundServer
 
     engine = InferenceEngine.from_export(export, variant_config(name, args))
     with BackgroundServer(engine) as server:
+        pids = server_pids(engine)
         result = pool.submit(load_in_child, server.url, samples, args.clients, args.requests, args.seconds,
-                             False, args.client).result()
+                             False, args.client, pids).result()
+        if args.one_client:
+            result["one_client"] = pool.submit(load_in_child, server.url, samples, 1, args.requests,
+                                               min(args.seconds, 5.0), False, args.client).result()
+        if args.overload and overload:
+            result["overload"] = run_overload(server, engine, samples, args, pool, result)
     return _finish(result, name, engine)
+
+
+def server_pids(engine: Any) -> list[int]:
+    """This process (uvicorn, the event loop) and the engine's worker / pool processes."""
+    pool = getattr(engine.pool, "_pool", None)
+    pool_pids = list(getattr(pool, "_processes", None) or {})
+    workers = [w.process.pid for w in engine.workers.workers] if engine.workers else []
+    return [os.getpid(), *workers, *pool_pids]
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory (MiB) of these processes, from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+def run_overload(server: Any, engine: Any, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any,
+                 capacity: dict[str, Any]) -> list[dict[str, Any]]:
+    """Open-loop arrivals at each of ``args.overload`` x the capacity just measured, in turn
+    (a few seconds apart, so what one left queued is answered before the next starts)."""
+    pids = server_pids(engine)
+    out = []
+    for k, multiple in enumerate(args.overload):
+        if k:
+            time.sleep(5.0)
+        rate = multiple * capacity["throughput_rps"]
+        before = rss_mb(pids)
+        o = pool.submit(overload_in_child, server.url, samples, rate, args.overload_seconds).result()
+        o.update(multiple=multiple, rss_mb_before=before, rss_mb_after=rss_mb(pids),
+                 capacity_rps=capacity["throughput_rps"], capacity_p99_ms=capacity["p99_ms"])
+        served = o["statuses"].get("200", 0)
+        o["checks"] = {
+            "goodput_over_capacity": round(served / o["wall_s"] / capacity["throughput_rps"], 3),
+            "served_p99_over_capacity_p99": round((o["ok_p99_ms"] or 0) / capacity["p99_ms"], 3),
+            "other_5xx": {s: n for s, n in o["statuses"].items() if s.startswith("5") and s != "503"},
+            "connection_resets": o["connection_resets"], "client_timeouts": o["client_timeouts"],
+        }
+        out.append(o)
+    return out
+
+
+def run_peer(peer: str, export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
+    """A peer server (benchmarks/serve_peers.py) in a subprocess, loaded like the variants."""
+    import subprocess
+    import urllib.request
+
+    from mmfurnace.serve.server import free_port
+
+    port = free_port()
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "serve_peers.py"), peer, str(export),
+           "--port", str(port), "--workers", str(args.preprocess_workers), "--max-batch-size",
+           str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+    # Its own process group (same session, so the same CPU share as the variants served from
+    # this process): LitServe's worker processes outlive a terminated parent (found still
+    # busy-polling after a run), so the whole group is ended.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"peer {peer} did not start ({' '.join(cmd)})")
+            time.sleep(0.5)
+        pids = _loadgen().process_tree(proc.pid)
+        result = pool.submit(load_raw, url, samples, args.clients, args.requests, args.seconds, "/predict", False,
+                             pids).result()
+        if args.one_client:
+            result["one_client"] = pool.submit(load_raw, url, samples, 1, args.requests, min(args.seconds, 5.0),
+                                               "/predict", False).result()
+    finally:
+        stop_group(proc)
+    result.update(variant=peer, label={"litserve": "LitServe, batching", "fastapi": "FastAPI+ORT, one at a time"}[peer],
+                  mean_batch_size=float("nan"), config={"peer": peer}, engine={})
+    return result
+
+
+def stop_group(proc: Any) -> None:
+    """End a peer server and every process it started (its own process group)."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        time.sleep(0.5)  # let the children see the signal too
+
+
+def run_ray_server(export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
+    """The default config deployed on a local Ray Serve (``mmfurnace serve --ray``: with every
+    stage on the CPU, one whole-engine deployment sized to the machine's CPUs), loaded like the
+    variants. Server CPU counts every process this one started (GCS, raylet, proxy, replica,
+    its batch workers) except the load generator."""
+    import ray
+    from ray import serve
+
+    from mmfurnace.serve.config import ServeConfig
+    from mmfurnace.serve.ray_app import build_ray_app
+    from mmfurnace.serve.server import free_port
+
+    cfg = ServeConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                      preprocess_workers=args.preprocess_workers, intra_op_threads=args.ort_threads)
+    port = free_port()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        available = float(ray.available_resources().get("CPU", 0.0))
+        serve.run(build_ray_app(export, cfg, available_cpus=available), name=cfg.model_name, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        client = set(_loadgen().process_tree(next(iter(pool._processes))))  # the load generator
+        pids = [p for p in _loadgen().process_tree(os.getpid()) if p not in client]
+        result = pool.submit(load_raw, url, samples, args.clients, args.requests, args.seconds, "/v1/predict", True,
+                             pids).result()
+        if args.one_client:
+            result["one_client"] = pool.submit(load_raw, url, samples, 1, args.requests, min(args.seconds, 5.0)).result()
+        deployments = sorted(serve.status().applications[cfg.model_name].deployments)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    result.update(variant="ray", label="default config on Ray Serve", mean_batch_size=float("nan"),
+                  config={"ray": True, "deployments": deployments, "cpus": available}, engine={})
+    return result
 
 
 def measure_http_ceiling(export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
@@ -404,6 +610,16 @@ def measure_preprocessing(samples: list[dict[str, Any]], export: Path, workers: 
 # ----------------------------------------------------------------------------- report
 
 
+def cpu_flags() -> list[str]:
+    """The ISA flags that matter for these numbers (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"})
+
+
 def machine() -> dict[str, Any]:
     import onnxruntime
     import torch
@@ -412,19 +628,47 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
-        "cuda": torch.cuda.is_available(),
+        "cuda": torch.cuda.is_available(), "cpu_flags": cpu_flags(),
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],  # other work on the box
     }
+
+
+def print_extras(results: list[dict[str, Any]]) -> None:
+    """1-client latency and overload results, when measured."""
+    for r in results:
+        if "one_client" in r:
+            o = r["one_client"]
+            print(f"  1 client, {r['variant']}) {r['label']}: p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, "
+                  f"{o['throughput_rps']} req/s")
+    for r in results:
+        for o in r.get("overload") or []:
+            c = o["checks"]
+            print(f"\noverload, {r['variant']}) {r['label']}: offered {o['offered_rps']} req/s "
+                  f"({o['offered']} requests) = {o['offered_rps'] / o['capacity_rps']:.1f}x capacity {o['capacity_rps']} req/s")
+            print(f"  goodput {o['goodput_rps']} req/s = {c['goodput_over_capacity']:.2f}x capacity (target >= 0.8); "
+                  f"served p99 {o['ok_p99_ms']} ms = {c['served_p99_over_capacity_p99']:.2f}x p99 at capacity "
+                  f"{o['capacity_p99_ms']} ms (target <= 2)")
+            print(f"  statuses {o['statuses']}, other 5xx {c['other_5xx']}, resets {o['connection_resets']}, "
+                  f"client timeouts {o['client_timeouts']}, not sent {o['not_sent']}, "
+                  f"RSS {o['rss_mb_before']} -> {o['rss_mb_after']} MiB")
 
 
 def print_table(title: str, results: list[dict[str, Any]]) -> None:
     base = next((r for r in results if r["variant"] == "a"), None)
     print(f"\n{title}")
-    print(f"{'variant':<34} {'req/s':>8} {'x(a)':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6}  statuses")
+    print(f"{'variant':<34} {'req/s':>8} {'x(a)':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} "
+          f"{'cpu ms':>7}  statuses")
     for r in results:
         speedup = r["throughput_rps"] / base["throughput_rps"] if base else float("nan")
+        r.setdefault("mean_batch_size", float("nan"))
+        cpu = r.get("server_cpu_ms_per_req")
         print(f"{r['variant'] + ') ' + r['label']:<34} {r['throughput_rps']:>8.1f} {speedup:>6.1f} {r['p50_ms']:>8.1f} "
-              f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['mean_batch_size']:>6.1f}  {r['statuses']}")
+              f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['mean_batch_size']:>6.1f} "
+              f"{cpu if cpu is not None else float('nan'):>7.3f}  {r['statuses']}")
+        if len(r.get("rounds_rps", [])) > 1:
+            print(f"{'':<36}rounds: req/s {r['rounds_rps']}, server CPU ms/req {r['rounds_server_cpu_ms_per_req']}")
+    print("req/s: requests served (200) per second; cpu ms: CPU time of the server's processes (event loop,\n"
+          "workers, pools) per served request; a 503 carries Retry-After, which the load generator honours")
     print("\nper-stage mean ms per request (server side):")
     for r in results:
         print(f"  {r['variant']}) " + ", ".join(f"{k} {v:.2f}" for k, v in r["stages_mean_ms"].items()))
@@ -461,7 +705,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preprocess-workers", type=int, default=2)
     p.add_argument("--ort-threads", type=int, default=1, help="intra-op threads per ONNX Runtime session")
     p.add_argument("--preprocess-mode", choices=("thread", "process"), default="process")
-    p.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp", help="load generator's HTTP client")
+    p.add_argument("--client", choices=["raw", *sorted(CLIENTS)], default="raw",
+                   help="load generator's HTTP client (raw: benchmarks/loadgen.py, cheapest)")
+    p.add_argument("--peers", default="", help="comma-separated peers to load too: litserve, fastapi")
+    p.add_argument("--one-client", action="store_true", help="also measure each server at 1 client")
+    p.add_argument("--ray", action="store_true", help="also load the default config on a local Ray Serve")
+    p.add_argument("--overload", type=lambda v: [float(x) for x in v.split(",") if x.strip()], default=[],
+                   help="offered load as multiples of capacity, run in turn (e.g. 10, or 2,5,10)")
+    p.add_argument("--overload-seconds", type=float, default=60.0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every variant and peer this many times, interleaved; report the median round")
     p.add_argument("--preprocess-only", action="store_true", help="only measure threads vs processes")
     p.add_argument("--no-engine-level", action="store_true", help="skip the same variants without HTTP")
     p.add_argument("--json", type=Path, default=Path("report/serve_load.json"))
@@ -474,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
 
     samples, source = load_samples(args.data)
-    print(f"samples: {len(samples)} from {source}")
+    print(f"samples: {len(samples)} from {source}; {os.cpu_count()} CPUs, flags {' '.join(cpu_flags())}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="mmf-serve-load-") as tmp:
         export = args.export or make_export(samples, Path(tmp))
         report: dict[str, Any] = {"machine": machine(), "samples": source, "clients": args.clients,
@@ -489,13 +743,28 @@ def main(argv: list[str] | None = None) -> int:
             ctx = multiprocessing.get_context("spawn")
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            # The load generator in its own session: where the kernel shares the CPU out per
+            # session (autogroup scheduling, on by default on desktop/server kernels), a client in
+            # the server's session took its CPU out of the server's share on a busy machine (the
+            # event loop got 0.2 of a core at 5x overload), unlike a client on another machine.
+            with ProcessPoolExecutor(1, mp_context=ctx, initializer=os.setsid) as pool:
                 print("measuring the HTTP ceiling (GET /v2/health/ready, no model work) ...", flush=True)
                 ceiling = measure_http_ceiling(export, samples, args, pool)
                 report["http_ceiling"] = ceiling
-                for v in variants:
-                    print(f"running {v}) {VARIANTS[v]['label']} over HTTP ...", flush=True)
-                    results.append(run_variant_http(v, export, samples, args, pool))
+                peers = [x.strip() for x in args.peers.split(",") if x.strip()]
+                rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in [*variants, *peers]}
+                for k in range(args.rounds):  # interleaved: a change of machine load hits every server
+                    last = k == args.rounds - 1
+                    for v in variants:
+                        print(f"round {k + 1}/{args.rounds}: {v}) {VARIANTS[v]['label']} over HTTP ...", flush=True)
+                        rounds[v].append(run_variant_http(v, export, samples, args, pool, overload=last))
+                    for peer in peers:
+                        print(f"round {k + 1}/{args.rounds}: peer {peer} over HTTP ...", flush=True)
+                        rounds[peer].append(run_peer(peer, export, samples, args, pool))
+                    if args.ray:
+                        print(f"round {k + 1}/{args.rounds}: the default config on Ray Serve ...", flush=True)
+                        rounds.setdefault("ray", []).append(run_ray_server(export, samples, args, pool))
+                results = [median_round(rs) for rs in rounds.values()]
             report["http"] = results
             report["targets"] = check_targets(results, args.max_wait_ms)
             if report["targets"]:  # variants a and d both ran
@@ -516,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nHTTP ceiling, {args.clients} clients, GET /v2/health/ready: {ceiling['throughput_rps']:.1f} req/s "
                   f"(p50 {ceiling['p50_ms']:.1f} ms) -- no variant can serve more over HTTP on this machine")
             print_table(f"over HTTP, {args.clients} clients (POST /v1/predict, multipart PNG + WAV + text):", results)
+            print_extras(results)
             if "engine" in report:
                 print_table(f"engine only, {args.clients} concurrent callers (same raw samples, no HTTP):", report["engine"])
                 print_table(f"compute path only, {args.clients} concurrent callers (preprocessed arrays, no HTTP):", report["compute"])

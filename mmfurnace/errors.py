@@ -15,5 +15,9 @@ class InputError(MMFurnaceError, ValueError):
     """An input (file, tensor, request, text) cannot be used as given."""
 
 
+class UnsupportedFormat(InputError):
+    """A file is in a format or encoding that is not read correctly (a server answers 415)."""
+
+
 class MissingDependencyError(MMFurnaceError, ImportError):
     """An optional dependency (backend, extra) is not installed."""

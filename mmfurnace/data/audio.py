@@ -12,15 +12,16 @@ import functools
 import io
 import math
 import numbers
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
 import torch
 from torch import Tensor
 
-from mmfurnace.errors import InputError
+from mmfurnace.errors import InputError, UnsupportedFormat
 
 # Resampling ratios beyond this are almost always a wrong header or a wrong argument.
 MAX_RESAMPLE_RATIO = 48.0
@@ -45,12 +46,61 @@ def load_wav(data: bytes | str | Path, *, target_rate: int, source: str | None =
         # libsndfile reports a missing file only as "System error".
         raise InputError(f"{name}: audio file not found")
     try:
+        if isinstance(data, bytes | bytearray):
+            check_wav_format(io.BytesIO(data), name)
+        else:
+            with open(data, "rb") as f:
+                check_wav_format(f, name)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read audio file ({exc.strerror or exc})") from exc
+    try:
         handle: Any = io.BytesIO(data) if isinstance(data, bytes | bytearray) else str(data)
         frames, rate = sf.read(handle, dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile raises several unrelated types
         raise InputError(f"{name}: cannot decode audio ({exc})") from exc
     waveform = torch.from_numpy(np.ascontiguousarray(frames.mean(axis=1, dtype=np.float32)))
     return _prepare_waveform(waveform, int(rate), target_rate, name)
+
+
+# WAVE format tag -> the bits per sample whose samples are unambiguous. libsndfile reads plain
+# PCM by its container (whole bytes) and ignores the declared bit depth: 7/12/17-bit samples
+# come back as 8/16/24-bit ones, right only if the writer left-justified them (the spec; many
+# writers do not, and their audio comes out 2**k times too quiet). WAVE_FORMAT_EXTENSIBLE
+# (0xFFFE) declares container and valid bits apart and is decoded as declared.
+_WAV_BITS: dict[int, tuple[int, ...]] = {
+    0x0001: (8, 16, 24, 32),  # PCM
+    0x0003: (32, 64),  # IEEE float
+    0x0006: (8,),  # A-law
+    0x0007: (8,),  # u-law
+}
+
+
+def check_wav_format(f: BinaryIO, name: str) -> None:
+    """Raise UnsupportedFormat when the RIFF/WAVE file ``f`` (positioned at its start) holds
+    a sample format that libsndfile would not decode as declared (see ``_WAV_BITS``), and
+    InputError when its header is truncated; other containers (FLAC, OGG) pass untouched."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+        return
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            raise InputError(f"{name}: WAV file has no fmt chunk")
+        kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if kind == b"fmt ":
+            fmt = f.read(16)
+            if size < 16 or len(fmt) < 16:
+                raise InputError(f"{name}: WAV fmt chunk is truncated ({size} bytes)")
+            tag, _, _, _, _, bits = struct.unpack("<HHIIHH", fmt)
+            allowed = _WAV_BITS.get(tag)
+            if allowed is not None and bits not in allowed:
+                raise UnsupportedFormat(
+                    f"{name}: WAV sample format of {bits} bits per sample (format tag {tag:#06x}) "
+                    "is not decoded reliably; send 8/16/24/32-bit PCM, 32/64-bit float, A-law "
+                    "or u-law (or WAVE_FORMAT_EXTENSIBLE)"
+                )
+            return
+        f.seek(size + (size & 1), io.SEEK_CUR)  # chunks are word-aligned
 
 
 def _source_name(data: object, source: str | None) -> str:

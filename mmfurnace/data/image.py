@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,7 +98,7 @@ class ImagePreprocessor:
                 bytes(image) if isinstance(image, bytearray) else image, source=source
             )
         if isinstance(image, Image.Image):
-            pixels = self._from_pil(image)
+            pixels = self._from_pil(image, source or "<image>")
         elif isinstance(image, np.ndarray):
             pixels = self._from_array(image, source or "<image array>")
         else:
@@ -107,10 +108,15 @@ class ImagePreprocessor:
         resized = np.stack([self._resize(pixels[..., c]) for c in range(self.channels)])
         return (torch.from_numpy(resized) - self._mean) / self._std
 
-    def _from_pil(self, image: Image.Image) -> np.ndarray:
+    def _from_pil(self, image: Image.Image, name: str) -> np.ndarray:
         """(H, W, channels) float32 in [0, 1]."""
-        # Phone photos are stored sideways with an EXIF rotation tag.
-        image = ImageOps.exif_transpose(image)
+        # Phone photos are stored sideways with an EXIF rotation tag. Pillow parses the EXIF
+        # block only here, and raises its own types on garbage (SyntaxError "not a TIFF file").
+        try:
+            image = ImageOps.exif_transpose(image)
+        except (SyntaxError, ValueError, TypeError, KeyError, IndexError, OSError, struct.error,
+                ZeroDivisionError, UnicodeError) as exc:
+            raise InputError(f"{name}: corrupt EXIF metadata ({type(exc).__name__}: {exc})") from None
         mode = "L" if self.channels == 1 else "RGB"
         if image.mode in ("I", "I;16", "F") and mode == "L":
             # Pillow clips 16-bit and float images to 0..255 on convert("L"); scale instead.

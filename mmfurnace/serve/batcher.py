@@ -2,7 +2,9 @@
 
 Semantics (those of Triton's dynamic batcher):
   * a batch is dispatched as soon as it holds ``max_batch_size`` items, or as soon as the
-    OLDEST item in it has waited ``max_wait_ms`` — whichever comes first;
+    OLDEST item in it has waited ``max_wait_ms`` — whichever comes first — or (given
+    ``pending``) as soon as the queue is empty and no other item is on its way: waiting
+    longer could only add latency (a lone request is not held for max_wait_ms);
   * the queue is bounded: ``submit`` on a full queue raises :class:`Overloaded` at once,
     it never blocks (the HTTP layer turns that into 503 + Retry-After);
   * at most ``max_inflight`` batches run at once; while they run, the queue keeps filling,
@@ -36,12 +38,15 @@ BatchFn = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What one dispatched batch looked like: its size, each item's wait, its run time (s)."""
+    """What one dispatched batch looked like: its size, each item's wait, its run time (s),
+    when it finished (the batcher's clock) and how many items were queued at that moment."""
 
     name: str
     size: int
     waits_s: tuple[float, ...]
     run_s: float
+    done_at: float = 0.0
+    waiting: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class DynamicBatcher(Generic[T, R]):
     run_batch: async (list of payloads) -> one result per payload, in order; an exception
         instance in a slot fails only that item; raising fails the whole batch.
     on_batch:  called with :class:`BatchStats` after every batch (metrics hook).
+    pending:   optional; () -> items on their way to this batcher (admitted upstream, not yet
+        submitted); 0 while a batch forms on an empty queue dispatches it at once.
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class DynamicBatcher(Generic[T, R]):
         name: str = "batcher",
         retry_after_s: float = 1.0,
         on_batch: Callable[[BatchStats], None] | None = None,
+        pending: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(max_batch_size, int) or max_batch_size <= 0:
@@ -100,6 +108,7 @@ class DynamicBatcher(Generic[T, R]):
         self.retry_after_s = retry_after_s
         self._run_batch = run_batch
         self._on_batch = on_batch
+        self._pending = pending
         self._clock = clock
         self._items: deque[_Item[T]] = deque()
         self._wakeup: asyncio.Event | None = None
@@ -107,6 +116,8 @@ class DynamicBatcher(Generic[T, R]):
         self._loop_task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self.batches_dispatched = 0
+        self.forming = 0  # items taken into the batch being formed
+        self.running_rows = 0  # items in dispatched batches not yet answered
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -211,25 +222,30 @@ class DynamicBatcher(Generic[T, R]):
             first = self._next_live()
         batch = [first]
         deadline = first.enqueued + self.max_wait_s
-        while len(batch) < self.max_batch_size:
-            item = self._next_live()
-            if item is not None:
-                batch.append(item)
-                continue
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                break
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                break
+        try:
+            while len(batch) < self.max_batch_size:
+                self.forming = len(batch)
+                item = self._next_live()
+                if item is not None:
+                    batch.append(item)
+                    continue
+                remaining = deadline - self._clock()
+                if remaining <= 0 or (self._pending is not None and self._pending() <= 0):
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+        finally:
+            self.forming = 0
         return batch
 
     async def _dispatch(self, batch: list[_Item[T]]) -> None:
         assert self._slots is not None
         started = self._clock()
         waits = tuple(started - item.enqueued for item in batch)
+        self.running_rows += len(batch)
         try:
             try:
                 results = await self._run_batch([item.payload for item in batch])
@@ -239,7 +255,8 @@ class DynamicBatcher(Generic[T, R]):
                     )
             except Exception as exc:  # noqa: BLE001 - the batch's error goes to every caller
                 results = [exc] * len(batch)
-            run_s = self._clock() - started
+            done_at = self._clock()
+            run_s = done_at - started
             for item, wait, result in zip(batch, waits, results, strict=True):
                 if item.future.done():  # caller gave up (timeout) while the batch ran
                     continue
@@ -249,10 +266,11 @@ class DynamicBatcher(Generic[T, R]):
                     item.future.set_result(Timed(result, wait, run_s, len(batch)))
             self.batches_dispatched += 1
             if self._on_batch is not None:
-                self._on_batch(BatchStats(self.name, len(batch), waits, run_s))
+                self._on_batch(BatchStats(self.name, len(batch), waits, run_s, done_at, len(self._items)))
         finally:
             # Cancelled mid-batch (shutdown): no caller may be left waiting forever.
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(NotReady(f"{self.name}: batch was cancelled"))
+            self.running_rows -= len(batch)
             self._slots.release()

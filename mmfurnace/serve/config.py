@@ -18,8 +18,11 @@ from mmfurnace.modalities import MODALITIES, Modality
 from mmfurnace.typed_config import StrictModel, apply_overrides, load_yaml, parse
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-# "eager" runs the PyTorch module itself; the others are the export runtimes' names.
+# "eager" runs the PyTorch module itself; the others are the export runtimes' names; "auto"
+# picks the fastest one installed for the stage's device when the engine is built
+# (mmfurnace.serve.loading.resolve_config).
 EAGER = "eager"
+AUTO = "auto"
 
 DEFAULT_CONTENT_TYPES: dict[str, list[str]] = {
     "image": ["image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp", "image/tiff"],
@@ -30,12 +33,12 @@ DEFAULT_CONTENT_TYPES: dict[str, list[str]] = {
 
 
 def known_backends() -> list[str]:
-    """"eager" plus every runtime registered in ``mmfurnace.export.runtimes.RUNTIMES``."""
+    """"auto", "eager" and every runtime registered in ``mmfurnace.export.runtimes.RUNTIMES``."""
     try:
         from mmfurnace.export.runtimes import RUNTIMES
     except ImportError:  # export runtimes not importable: eager still works
-        return [EAGER]
-    return sorted({EAGER, *RUNTIMES.names()})
+        return [AUTO, EAGER]
+    return sorted({AUTO, EAGER, *RUNTIMES.names()})
 
 
 def check_device(device: str) -> str:
@@ -58,10 +61,15 @@ def check_device(device: str) -> str:
 
 
 class StageConfig(StrictModel):
-    """Where one stage (an encoder, the fusion head, or the whole model) runs."""
+    """Where one stage (an encoder, the fusion head, or the whole model) runs.
+
+    backend "auto": the fastest runtime installed for the device that the export has a file
+    for (CPU: onnxruntime, openvino, torchscript, then eager); what was picked, and why, is
+    in ``GET /v2/models/{name}`` under ``engine``.
+    """
 
     device: str = "cpu"
-    backend: str = EAGER
+    backend: str = AUTO
 
     @field_validator("device")
     @classmethod
@@ -78,7 +86,7 @@ class StageConfig(StrictModel):
 
     @model_validator(mode="after")
     def _backend_runs_on_device(self) -> StageConfig:
-        if self.backend != EAGER:
+        if self.backend not in (EAGER, AUTO):
             from mmfurnace.serve.stages import runtime_device_options
 
             runtime_device_options(self.backend, self.device)  # ConfigError (a ValueError) if not
@@ -88,25 +96,38 @@ class StageConfig(StrictModel):
 class RayConfig(StrictModel):
     """How ``mmfurnace serve --ray`` places the deployments (see :mod:`mmfurnace.serve.ray_app`).
 
-    num_replicas: replicas of each stage deployment and of the ingress.
-    num_cpus:     CPUs Ray reserves per replica (fractions allowed). A stage on ``cuda``
-                  also reserves one GPU (``num_gpus: 1``); Ray picks which.
+    num_replicas: replicas of each deployment.
+    num_cpus:     CPUs Ray reserves per replica (fractions allowed); None (default): the
+                  cluster's CPUs shared out over every replica, so the application starts on
+                  any machine. A request that the cluster cannot hold fails at once, naming
+                  what to set. A stage on ``cuda`` also reserves one GPU (``num_gpus: 1``).
     """
 
     num_replicas: int = Field(1, gt=0, le=1024)
-    num_cpus: float = Field(0.5, ge=0.0, le=256.0)
+    num_cpus: float | None = Field(None, ge=0.0, le=256.0)
 
 
 class ServeConfig(StrictModel):
     """Settings of one served model.
 
-    mode:               "split" runs each modality's encoder as its own batched stage (in
-                        parallel, on its own device/backend) and then the fusion head;
-                        "whole" runs the full model per batch (one stage, ``whole``).
+    mode:               "auto" (default): "whole" when every stage is on one device, else
+                        "split". "split" runs each modality's encoder as its own batched stage
+                        (in parallel, on its own device/backend) and then the fusion head —
+                        for encoders on different devices; "whole" runs the full model per
+                        batch (one stage, ``whole``; on the CPU with ``preprocess_mode:
+                        process``, each worker process decodes, computes features and runs the
+                        model for a whole batch: :mod:`mmfurnace.serve.workers`).
     max_batch_size:     rows per batch, per stage.
     max_wait_ms:        a batch is dispatched when full or when its oldest row has waited this.
     max_queue:          rows that may wait per stage; beyond it requests are shed (HTTP 503).
     max_concurrency:    rows in flight in the whole engine (admission limit, HTTP 503 beyond).
+    latency_budget_ms:  admission by latency (Triton's queue policy / Ray Serve's queue
+                        limit, sized in time): a request is shed at the door (HTTP 503) when
+                        the rows admitted ahead of it would take longer than this to serve at
+                        the measured drain rate (:mod:`mmfurnace.serve.admission`) — or
+                        longer than its own deadline
+                        (``X-Request-Timeout-Ms`` header, or v2 ``parameters.timeout`` in
+                        microseconds), whichever is shorter. None: only the queue bounds.
     max_inflight_batches: batches a stage may have in flight at once; 2 lets the next batch
                         be collated (and copied to the GPU) while the current one computes.
     request_timeout_s:  per-request deadline (HTTP 504 when it passes).
@@ -131,11 +152,12 @@ class ServeConfig(StrictModel):
     """
 
     model_name: str = Field("mmfurnace", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    mode: Literal["split", "whole"] = "split"
+    mode: Literal["auto", "split", "whole"] = "auto"
     max_batch_size: int = Field(32, gt=0, le=4096)
     max_wait_ms: float = Field(5.0, ge=0.0, le=60_000.0)
     max_queue: int = Field(256, gt=0, le=1_000_000)
     max_concurrency: int = Field(512, gt=0, le=1_000_000)
+    latency_budget_ms: float | None = Field(200.0, gt=0.0, le=3_600_000.0)
     max_inflight_batches: int = Field(2, gt=0, le=64)
     request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
     preprocess_workers: int = Field(2, gt=0, le=256)
@@ -179,7 +201,8 @@ class ServeConfig(StrictModel):
         return self.stages.get(modality, StageConfig())  # type: ignore[arg-type]
 
     def uses_gpu(self) -> bool:
-        stages = [self.whole] if self.mode == "whole" else [*self.stages.values(), self.fusion]
+        stages = {"whole": [self.whole], "split": [*self.stages.values(), self.fusion]}.get(
+            self.mode, [self.whole, *self.stages.values(), self.fusion])
         return any(s.device.startswith("cuda") for s in stages)
 
 

@@ -43,10 +43,18 @@ from torch import nn
 from mmfurnace.data.info import DatasetInfo
 from mmfurnace.errors import ConfigError, InputError
 from mmfurnace.export.spec import FULL_GRAPH, FUSION_GRAPH, encoder_graph
+from mmfurnace.serve.admission import Admission
 from mmfurnace.serve.batcher import BatchStats, DynamicBatcher, Timed
 from mmfurnace.serve.config import EAGER, ServeConfig
-from mmfurnace.serve.errors import NotReady, Overloaded, RequestTimeout
-from mmfurnace.serve.loading import build_export_stages, find_tokenizer, on_device, stage_graphs
+from mmfurnace.serve.errors import NON_FINITE, NonFiniteOutput, NotReady, Overloaded, RequestTimeout
+from mmfurnace.serve.loading import (
+    build_export_stages,
+    export_formats,
+    find_tokenizer,
+    on_device,
+    resolve_config,
+    stage_graphs,
+)
 from mmfurnace.serve.metrics import ServeMetrics
 from mmfurnace.serve.preprocess import Preprocessor, PreprocessPool, PreprocessSettings
 from mmfurnace.serve.signature import ModelSignature, labels, probabilities, validate_row
@@ -60,6 +68,7 @@ from mmfurnace.serve.stages import (
     example_row,
     split_encoded,
 )
+from mmfurnace.serve.workers import WholeBatchWorkers, WorkerSpec
 
 Pipeline = Callable[[dict[str, Any], dict[str, float]], Awaitable[np.ndarray]]
 
@@ -87,8 +96,13 @@ class InferenceEngine:
         stages: Mapping[str, Any],
         preprocess: PreprocessSettings,
         keep_alive: Any = None,
+        reasons: Mapping[str, str] | None = None,
     ) -> None:
+        if cfg.mode == "auto":
+            cfg, found = resolve_config(cfg, modalities, None)
+            reasons = {**found, **(reasons or {})}
         self.cfg = cfg
+        self.reasons = dict(reasons or {})
         self.info = info
         self.modalities = sorted(modalities)
         self.sequences = {m: None in info.input_shapes[m] for m in self.modalities}
@@ -96,6 +110,9 @@ class InferenceEngine:
         if sorted(stages) != sorted(want):
             raise ConfigError(f"mode {cfg.mode!r} needs stages {want}, got {sorted(stages)}")
         self.stages = dict(stages)
+        # The fast path: worker processes that decode, compute features and run the model per batch.
+        self.workers: WholeBatchWorkers | None = next(
+            (s for s in self.stages.values() if isinstance(s, WholeBatchWorkers)), None)
         self.pool = PreprocessPool(preprocess, workers=cfg.preprocess_workers, mode=cfg.preprocess_mode)
         self.pool.preprocessor.check_against(info, self.modalities)
         self.metrics = ServeMetrics()
@@ -107,7 +124,9 @@ class InferenceEngine:
         self._keep_alive = keep_alive  # e.g. the temporary export a from_model engine runs
         self._batchers: dict[str, DynamicBatcher] = {}
         self._threads: dict[str, tuple[ThreadPoolExecutor, ThreadPoolExecutor]] = {}
-        self.gate = RequestGate(cfg, self.signature, self.metrics)
+        self.admission = Admission(cfg.latency_budget_ms / 1000.0 if cfg.latency_budget_ms else None,
+                                   retry_after_s=cfg.retry_after_s)
+        self.gate = RequestGate(cfg, self.signature, self.metrics, self.admission)
         self._saved_threads: int | None = None
         self.ready = False
 
@@ -123,13 +142,19 @@ class InferenceEngine:
         file named by its preprocessing ``text.tokenizer``; without one, text must come as ids."""
         from mmfurnace.export.spec import load_spec
 
-        cfg = cfg or ServeConfig()
         spec = load_spec(export_dir)
+        cfg, reasons = resolve_config(cfg or ServeConfig(), spec.modalities, export_formats(spec))
         tokenizer = tokenizer if tokenizer is not None else find_tokenizer(spec.directory, spec.preprocessing)
         settings = PreprocessSettings.from_data_settings(spec.preprocessing, spec.modalities, tokenizer)
-        stages = build_export_stages(spec, cfg)
+        if uses_workers(cfg):
+            stages: dict[str, Any] = {FULL_GRAPH: whole_workers(spec, cfg, settings)}
+            reasons["runner"] = ("worker processes: each decodes, computes features and runs the model "
+                                 "for a whole batch (whole mode on the CPU, preprocess_mode process)")
+        else:
+            stages = build_export_stages(spec, cfg)
+            reasons["runner"] = "preprocessing pool, then batched stages in this process"
         return cls(cfg=cfg, info=spec.info, modalities=spec.modalities, stages=stages, preprocess=settings,
-                   keep_alive=keep_alive)
+                   keep_alive=keep_alive, reasons=reasons)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, cfg: ServeConfig | None = None, *, tokenizer: Any | None = None) -> InferenceEngine:
@@ -158,7 +183,7 @@ class InferenceEngine:
         """Serve an in-memory MultimodalClassifier. data: the data-config dict whose image /
         audio / text sections set preprocessing (None: defaults). A stage on a non-eager
         backend needs the exported graphs: the model is exported to a temporary directory."""
-        cfg = cfg or ServeConfig()
+        cfg, reasons = resolve_config(cfg or ServeConfig(), model.modalities, None)
         model = copy.deepcopy(model).cpu().eval()
         graphs = stage_graphs(cfg, model.modalities)
         if any(s.backend != EAGER for s in graphs.values()):
@@ -175,12 +200,16 @@ class InferenceEngine:
                 models[stage.device] = on_device(model, stage.device)
             stages[graph] = TorchStage(models[stage.device], graph, device=stage.device)
         settings = PreprocessSettings.from_data_settings(data, model.modalities, tokenizer)
-        return cls(cfg=cfg, info=info, modalities=model.modalities, stages=stages, preprocess=settings)
+        reasons["runner"] = "preprocessing pool, then batched stages in this process"
+        return cls(cfg=cfg, info=info, modalities=model.modalities, stages=stages, preprocess=settings,
+                   reasons=reasons)
 
     def _warm_up(self) -> dict[str, EncoderShape]:
         """Run every stage once on a two-row example (loads kernels / builds sessions) and
         learn what each encoder emits, which the fusion batches need to fill absent rows."""
         rows = [{m: self._like[m] for m in self.modalities}, {self.modalities[0]: self._like[self.modalities[0]]}]
+        if self.workers is not None:
+            return {}  # each worker warms its own model up when it starts
         if self.cfg.mode == "whole":
             self._run_stage(FULL_GRAPH, collate_whole(rows, self.modalities, self._sequence_set, self._like))
             return {}
@@ -209,10 +238,15 @@ class InferenceEngine:
         """Mode, modalities and, per stage, its backend/device (what /v2/models reports)."""
         return {
             "mode": self.cfg.mode,
+            "runtime": {g: s.describe().get("backend") for g, s in self.stages.items()},
+            "why": dict(self.reasons),
             "modalities": self.modalities,
             "preprocess": {"mode": self.cfg.preprocess_mode, "workers": self.cfg.preprocess_workers,
+                           "where": "in the model's worker processes, batched" if self.workers else "pool",
                            "raw_modalities": self.pool.preprocessor.raw_modalities},
             "stages": {g: s.describe() for g, s in self.stages.items()},
+            "admission": {"latency_budget_ms": self.cfg.latency_budget_ms, "max_queue": self.cfg.max_queue,
+                          "max_concurrency": self.cfg.max_concurrency},
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -224,7 +258,8 @@ class InferenceEngine:
         if self.cfg.torch_threads is not None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.cfg.torch_threads)
-        await asyncio.get_running_loop().run_in_executor(None, self.pool.start)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.workers.start if self.workers else self.pool.start)
         for graph in self.stages:
             self._threads[graph] = (
                 ThreadPoolExecutor(1, thread_name_prefix=f"mmf-collate-{graph}"),
@@ -235,13 +270,15 @@ class InferenceEngine:
                 max_batch_size=self.cfg.max_batch_size,
                 max_wait_ms=self.cfg.max_wait_ms,
                 max_queue=self.cfg.max_queue,
-                max_inflight=self.cfg.max_inflight_batches,
+                max_inflight=self._inflight(graph),
                 name=graph,
                 retry_after_s=self.cfg.retry_after_s,
                 on_batch=self._on_batch,
+                pending=self._pending_fn(graph),
             )
             await batcher.start()
             self._batchers[graph] = batcher
+            self.admission.add_stage(graph, self._inflight(graph), min_rows=max(2, self.cfg.max_batch_size // 8))
             self.metrics.queue_depth.labels(graph).set_function(lambda b=batcher: b.depth)
         self.ready = True
 
@@ -255,7 +292,7 @@ class InferenceEngine:
             collate.shutdown(wait=True)
             compute.shutdown(wait=True)
         self._threads.clear()
-        await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.workers.close if self.workers else self.pool.close)
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
             self._saved_threads = None
@@ -267,24 +304,56 @@ class InferenceEngine:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _pending_fn(self, graph: str) -> Any:
+        """Rows admitted that may still reach ``graph``'s batcher: every row in flight that is
+        not already in it (an upper bound in split mode, exact for one stage)."""
+
+        def pending() -> int:
+            b = self._batchers.get(graph)
+            inside = 0 if b is None else b.depth + b.forming + b.running_rows
+            return self.gate.inflight - inside
+
+        return pending
+
+    def _inflight(self, graph: str) -> int:
+        return len(self.workers.workers) if self.workers is not None else self.cfg.max_inflight_batches
+
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.observe_batch(stats)
+        self.admission.observe(stats.name, stats.size, stats.run_s, done_at=stats.done_at, waiting=stats.waiting)
 
     # -- inference ----------------------------------------------------------------------------
 
-    async def infer(self, row: Mapping[str, Any]) -> Prediction:
+    async def infer(self, row: Mapping[str, Any], *, deadline_s: float | None = None) -> Prediction:
         """Predict one row: modality -> raw input (image/audio file bytes, text str/bytes) or a
-        preprocessed array/tensor. Raises InputError, Overloaded, RequestTimeout, NotReady."""
+        preprocessed array/tensor. deadline_s: the caller's own deadline (shorter than
+        request_timeout_s). Raises InputError, Overloaded, RequestTimeout, NotReady."""
         if not self.ready:
             raise NotReady("engine is not started (or is shutting down)")
-        return await self.gate.answer(row, self._pipeline)
+        return await self.gate.answer(row, self._pipeline, deadline_s=deadline_s)
 
-    async def infer_many(self, rows: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+    async def infer_many(self, rows: Sequence[Mapping[str, Any]], *, deadline_s: float | None = None) -> list[Prediction]:
         """Predict several rows concurrently (they batch with each other and with other
-        requests); the first failing row's error is raised after every row is answered."""
-        return await answer_many(self.infer, rows)
+        requests); admitted or shed together; the first failing row's error is raised after
+        every row is answered."""
+        if not self.ready:
+            raise NotReady("engine is not started (or is shutting down)")
+        self.gate.admit(len(rows), deadline_s)
+        return await answer_many(
+            lambda r: self.gate.answer(r, self._pipeline, deadline_s=deadline_s, admitted=True), rows)
+
+    def admit(self, rows: int = 1, deadline_s: float | None = None) -> None:
+        """Raise Overloaded (or NotReady) now if ``rows`` more rows would not be served in time:
+        what the HTTP layer asks before it reads a request's body."""
+        if not self.ready:
+            raise NotReady("engine is not started (or is shutting down)")
+        self.gate.admit(rows, deadline_s)
 
     async def _pipeline(self, row: dict[str, Any], timings: dict[str, float]) -> np.ndarray:
+        if self.workers is not None:  # raw bytes straight to a worker, preprocessed there
+            logits, worker_timings = await self._submit(FULL_GRAPH, row, timings)
+            timings.update(worker_timings)
+            return logits
         t0 = time.perf_counter()
         arrays = await self.pool.run(row)
         timings["preprocess"] = time.perf_counter() - t0
@@ -314,6 +383,8 @@ class InferenceEngine:
         return timed.value
 
     def _batch_fn(self, graph: str) -> Any:
+        if self.workers is not None:
+            return self.workers.run
         batch = GraphBatch(self.stages[graph], graph, modalities=self.modalities, sequences=self._sequence_set,
                            like=self._like, shapes=self._shapes)
         collate_pool, compute_pool = self._threads[graph]
@@ -346,36 +417,54 @@ def build_signature(cfg: ServeConfig, info: DatasetInfo, modalities: Sequence[st
 
 class RequestGate:
     """What every row goes through, whoever computes it (this engine, or Ray deployments):
-    admission against ``max_concurrency`` (Overloaded beyond), input validation, the
-    ``request_timeout_s`` deadline (RequestTimeout), outcome counts and stage timings."""
+    admission (``max_concurrency`` rows in flight, and the latency budget of
+    :mod:`mmfurnace.serve.admission`; Overloaded beyond), input validation, the deadline
+    (``request_timeout_s`` or the caller's shorter one; RequestTimeout), outcome counts and
+    stage timings."""
 
-    def __init__(self, cfg: ServeConfig, signature: ModelSignature, metrics: ServeMetrics) -> None:
+    def __init__(self, cfg: ServeConfig, signature: ModelSignature, metrics: ServeMetrics,
+                 admission: Admission | None = None) -> None:
         self.cfg = cfg
         self.signature = signature
         self.metrics = metrics
+        self.admission = admission or Admission(None)
         self.inflight = 0
 
-    async def answer(self, row: Mapping[str, Any], pipeline: Pipeline) -> Prediction:
+    def admit(self, rows: int, deadline_s: float | None = None) -> None:
+        """Raise Overloaded when ``rows`` more rows exceed max_concurrency or would wait past
+        the latency budget / ``deadline_s`` (counted as overloaded)."""
+        cfg = self.cfg
+        try:
+            if self.inflight + rows > cfg.max_concurrency:
+                raise Overloaded(
+                    f"{self.inflight} rows in flight (+{rows}) exceed max_concurrency ({cfg.max_concurrency}); retry later",
+                    retry_after_s=cfg.retry_after_s,
+                )
+            self.admission.check(self.inflight, deadline_s)
+        except Overloaded:
+            self.metrics.outcomes.labels("overloaded").inc(rows)
+            raise
+
+    async def answer(self, row: Mapping[str, Any], pipeline: Pipeline, *, deadline_s: float | None = None,
+                     admitted: bool = False) -> Prediction:
         cfg, metrics = self.cfg, self.metrics
-        if self.inflight >= cfg.max_concurrency:
-            metrics.outcomes.labels("overloaded").inc()
-            raise Overloaded(
-                f"{self.inflight} rows in flight reach max_concurrency ({cfg.max_concurrency}); retry later",
-                retry_after_s=cfg.retry_after_s,
-            )
+        if not admitted:
+            self.admit(1, deadline_s)
         self.inflight += 1
         metrics.inflight.inc()
         started = time.perf_counter()
         timings: dict[str, float] = {}
+        timeout = cfg.request_timeout_s if deadline_s is None else min(deadline_s, cfg.request_timeout_s)
         try:
             checked = validate_row(row, self.signature)
             try:
-                async with asyncio.timeout(cfg.request_timeout_s):
-                    logits = await pipeline(checked, timings)
+                async with asyncio.timeout(timeout):
+                    logits = np.asarray(await pipeline(checked, timings))
             except TimeoutError:
-                raise RequestTimeout(
-                    f"request did not finish within request_timeout_s={cfg.request_timeout_s:g} s"
-                ) from None
+                which = "request_timeout_s" if timeout == cfg.request_timeout_s else "the request's deadline"
+                raise RequestTimeout(f"request did not finish within {which}={timeout:g} s") from None
+            if not np.isfinite(logits).all():  # never a bare NaN in a JSON answer
+                raise NonFiniteOutput(NON_FINITE)
         except BaseException as exc:
             metrics.outcomes.labels(_outcome(exc)).inc()
             raise
@@ -386,8 +475,8 @@ class RequestGate:
         metrics.outcomes.labels("ok").inc()
         metrics.observe_timings(timings)
         sig = self.signature
-        probs = probabilities(np.asarray(logits)[None], sig.multilabel)[0]
-        return Prediction(np.asarray(logits), probs, labels(probs[None], sig.class_names, sig.multilabel)[0], timings)
+        probs = probabilities(logits[None], sig.multilabel)[0]
+        return Prediction(logits, probs, labels(probs[None], sig.class_names, sig.multilabel)[0], timings)
 
 
 async def answer_many(infer: Callable[[Mapping[str, Any]], Awaitable[Prediction]], rows: Sequence[Mapping[str, Any]]) -> list[Prediction]:
@@ -409,3 +498,28 @@ def _outcome(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
     return "error"
+
+
+def uses_workers(cfg: ServeConfig) -> bool:
+    """Whether ``cfg`` (resolved) runs on :class:`WholeBatchWorkers`: whole mode, CPU, an
+    export runtime (not eager), preprocessing in processes."""
+    whole = cfg.whole
+    return (cfg.mode == "whole" and whole.device == "cpu" and whole.backend != EAGER
+            and cfg.preprocess_mode == "process")
+
+
+def whole_workers(spec: Any, cfg: ServeConfig, settings: PreprocessSettings) -> WholeBatchWorkers:
+    """The worker pool of the fast path for export ``spec``."""
+    from mmfurnace.serve.stages import runtime_device_options
+
+    info = spec.info
+    options: dict[str, Any] = dict(runtime_device_options(cfg.whole.backend, "cpu"))
+    if cfg.intra_op_threads is not None:
+        options["threads"] = cfg.intra_op_threads
+    worker = WorkerSpec(
+        export_dir=str(spec.directory), graph=FULL_GRAPH, backend=cfg.whole.backend, options=options,
+        settings=settings, modalities=tuple(sorted(spec.modalities)),
+        sequences=frozenset(m for m in spec.modalities if spec.is_sequence(m)),
+        like={m: example_row(m, info.input_shapes[m], info.input_dtypes.get(m, "float32")) for m in spec.modalities},
+    )
+    return WholeBatchWorkers(worker, workers=cfg.preprocess_workers, torch_threads=cfg.torch_threads)

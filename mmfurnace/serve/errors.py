@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmfurnace.errors import InputError, MMFurnaceError
+from mmfurnace.errors import InputError, MMFurnaceError, UnsupportedFormat
 
 
 class Overloaded(MMFurnaceError):
@@ -21,5 +21,18 @@ class NotReady(MMFurnaceError):
     """The engine has not been started, or is shutting down (HTTP 503)."""
 
 
-class UnsupportedContentType(InputError):
+class UnsupportedContentType(UnsupportedFormat):
     """A request or an uploaded file has a content type the server does not accept (HTTP 415)."""
+
+
+class NonFiniteOutput(InputError):
+    """The model gave NaN/inf for a row — its input is far outside what the model was trained
+    on (e.g. finite but huge tensor values): HTTP 422, never a bare NaN in JSON."""
+
+
+NON_FINITE = ("the model's output is not finite (NaN/inf) for this input: its values are far outside "
+              "the range the model was trained on")
+
+
+class WorkerFailed(MMFurnaceError):
+    """A worker process died or failed while running a batch (HTTP 500; it is restarted)."""

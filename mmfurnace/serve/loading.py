@@ -15,14 +15,97 @@ from torch import nn
 
 from mmfurnace.errors import ConfigError
 from mmfurnace.export.spec import FULL_GRAPH, FUSION_GRAPH, ExportSpec, encoder_graph
-from mmfurnace.serve.config import EAGER, ServeConfig, StageConfig
+from mmfurnace.serve.config import AUTO, EAGER, ServeConfig, StageConfig
 from mmfurnace.serve.stages import EncoderShape, TorchStage, build_runtime_stage
 
 TOKENIZER_FILE = "tokenizer.json"
 
 
+# Fastest first, as measured by `mmfurnace bench` on the demo model (README, Results).
+BEST_BACKENDS = {"cpu": ("onnxruntime", "openvino", "torchscript", EAGER),
+                 "cuda": ("onnxruntime-cuda", EAGER)}
+# The export file each backend loads (eager and compile rebuild the model from its weights).
+BACKEND_FORMAT = {"onnxruntime": "onnx", "onnxruntime-cuda": "onnx", "onnxruntime-tensorrt": "onnx",
+                  "openvino": "onnx", "tensorrt": "onnx", "torchscript": "torchscript"}
+
+
+def resolve_config(cfg: ServeConfig, modalities: Sequence[str], formats: set[str] | None) -> tuple[ServeConfig, dict[str, str]]:
+    """``cfg`` with ``mode: auto`` and every ``backend: auto`` decided, and why (one line each).
+
+    Mode: "whole" when every stage is on one device (one graph per batch: fewest hand-offs),
+    "split" when the encoders / fusion are on different devices (what split is for).
+    Backend: the first of BEST_BACKENDS[device] that is installed and whose file the export
+    has (``formats``: None = any, the model is exported on demand). Falling back to eager is
+    logged and written into the reasons, never silent.
+    """
+    import logging
+
+    reasons: dict[str, str] = {}
+    update: dict[str, object] = {}
+    mode = cfg.mode
+    if mode == AUTO:
+        devices = {cfg.stage(m).device for m in modalities} | {cfg.fusion.device}
+        whole_set = "whole" in cfg.model_fields_set
+        if len(devices) == 1 or whole_set:
+            mode = "whole"
+            device = cfg.whole.device if whole_set else devices.pop()
+            update["whole"] = cfg.whole.model_copy(update={"device": device})
+            reasons["mode"] = f"whole: every stage is on {device}, so one graph per batch (auto)"
+        else:
+            mode = "split"
+            reasons["mode"] = f"split: stages are on different devices ({', '.join(sorted(devices))}) (auto)"
+        update["mode"] = mode
+    else:
+        reasons["mode"] = f"{mode} (configured)"
+    resolved = cfg.model_copy(update=update)
+    stages = {"whole": resolved.whole} if mode == "whole" else {
+        **{f"stages.{m}": resolved.stage(m) for m in sorted(modalities)}, "fusion": resolved.fusion}
+    picked: dict[str, StageConfig] = {}
+    for key, stage in stages.items():
+        if stage.backend != AUTO:
+            reasons[key] = f"{stage.backend} on {stage.device} (configured)"
+            picked[key] = stage
+            continue
+        backend, why = best_backend(stage.device, formats)
+        if backend == EAGER:
+            logging.getLogger("mmfurnace.serve").warning("%s runs eager PyTorch: %s", key, why)
+        reasons[key] = f"{backend} on {stage.device} (auto: {why})"
+        picked[key] = stage.model_copy(update={"backend": backend})
+    if mode == "whole":
+        resolved = resolved.model_copy(update={"whole": picked["whole"]})
+    else:
+        resolved = resolved.model_copy(update={
+            "fusion": picked["fusion"],
+            "stages": {m: picked[f"stages.{m}"] for m in sorted(modalities)}})
+    return resolved, reasons
+
+
+def best_backend(device: str, formats: set[str] | None) -> tuple[str, str]:
+    """(backend, why) for ``device``: see :func:`resolve_config`."""
+    from mmfurnace.export.runtimes import RUNTIMES
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    skipped = []
+    for name in BEST_BACKENDS[kind]:
+        if name == EAGER:
+            break
+        ok, why = RUNTIMES[name].available() if name in RUNTIMES else (False, "not registered")
+        fmt = BACKEND_FORMAT.get(name)
+        if ok and (formats is None or fmt in formats):
+            return name, "fastest installed runtime the export has a file for"
+        skipped.append(f"{name}: {why if not ok else f'the export has no {fmt} file'}")
+    return EAGER, "no faster runtime usable (" + "; ".join(skipped) + ")"
+
+
+def export_formats(spec: ExportSpec) -> set[str]:
+    """File formats ("onnx", "torchscript") every graph of the export has."""
+    sets = [set(g.files) for g in spec.graphs.values()]
+    return set.intersection(*sets) if sets else set()
+
+
 def stage_graphs(cfg: ServeConfig, modalities: Sequence[str]) -> dict[str, StageConfig]:
-    """graph name -> the StageConfig it runs with, for ``cfg.mode``."""
+    """graph name -> the StageConfig it runs with, for ``cfg.mode`` (resolved: not "auto")."""
+    assert cfg.mode != AUTO, "resolve_config first"
     if cfg.mode == "whole":
         return {FULL_GRAPH: cfg.whole}
     graphs = {encoder_graph(m): cfg.stage(m) for m in sorted(modalities)}

@@ -16,8 +16,19 @@ Any subset of modalities may be sent; every row needs at least one.
 BYTES elements travel either in the binary-data extension (Triton's: JSON header of
 ``Inference-Header-Content-Length`` bytes, then each binary input's bytes in input order,
 ``parameters.binary_data_size`` giving its length; a BYTES element is a 4-byte little-endian
-length then the bytes) or in the JSON ``data`` list — there, image and audio elements are
-base64 strings (binary files cannot be JSON strings) and text elements are plain strings.
+length then the bytes) or in the JSON ``data`` list. The binary extension is what it is for:
+files (PNG, WAV) and large tensors go as their own bytes — no base64 (+33 %), no JSON
+number formatting and parsing — and it is what ``tritonclient`` sends by default. In JSON,
+a BYTES element must be a string, so an image or audio file comes base64-encoded, as a
+Triton client sends it with ``binary_data=False`` (it refuses raw non-UTF-8 bytes there):
+a base64 string (standard or URL-safe alphabet, padding optional, whitespace ignored), or
+``{"b64": "..."}`` (the KServe / TF-Serving convention); text elements are plain strings.
+
+Numeric JSON data is checked element by element against its datatype: FP16/32/64 take JSON
+numbers, INT*/UINT* JSON integers (in range), BOOL true/false — never strings, booleans as
+numbers, or floats as integers. Data nested deeper than its shape is refused, and so is a
+shape whose element count does not fit the data (computed exactly, so it cannot overflow).
+A request-level ``parameters.timeout`` (microseconds, as Triton's) sets its deadline.
 
 Outputs: ``probabilities`` FP32 [b, classes] (softmax; sigmoid for multi-label models),
 ``label`` BYTES [b] (class name; multi-label: names with p >= 0.5 joined by ","), and
@@ -28,12 +39,13 @@ request-level ``binary_data_output``).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
 
 from mmfurnace.errors import InputError
 from mmfurnace.serve.signature import (
@@ -41,6 +53,7 @@ from mmfurnace.serve.signature import (
     V2_NAMES,
     ModelSignature,
     Row,
+    decode_base64,
     labels,
     probabilities,
     request_rows,
@@ -54,7 +67,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 class _Tensor(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
-    shape: list[int]
+    shape: list[StrictInt]
     datatype: str
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = None
@@ -82,6 +95,7 @@ class InferCall:
     id: str | None
     rows: list[Row]
     outputs: dict[str, bool]
+    timeout_s: float | None = None
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -96,6 +110,8 @@ def parse_infer_request(
         raw = json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise InputError("request JSON is nested too deeply") from None
     try:
         req = _Request.model_validate(raw)
     except ValidationError as err:
@@ -107,7 +123,16 @@ def parse_infer_request(
         raise InputError(f"input names repeat: {names}")
     tensors = _read_tensors(req.inputs, binary)
     rows = request_rows(tensors, sig, max_rows)
-    return InferCall(req.id, rows, _outputs(req))
+    return InferCall(req.id, rows, _outputs(req), _timeout(req))
+
+
+def _timeout(req: _Request) -> float | None:
+    value = (req.parameters or {}).get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 3_600_000_000:
+        raise InputError(f"parameters.timeout must be an integer number of microseconds in (0, 3.6e9], got {value!r}")
+    return value / 1e6
 
 
 def _split(body: bytes, header_length: int | None) -> tuple[bytes, bytes]:
@@ -125,9 +150,9 @@ def _read_tensors(inputs: list[_Tensor], binary: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     offset = 0
     for t in inputs:
-        if any(not isinstance(d, int) or d < 0 for d in t.shape):
-            raise InputError(f"input {t.name!r}: shape {t.shape} must be non-negative integers")
-        count = int(np.prod(t.shape)) if t.shape else 1
+        if any(d < 0 for d in t.shape) or len(t.shape) > 32:
+            raise InputError(f"input {t.name!r}: shape {t.shape} must be at most 32 non-negative integers")
+        count = math.prod(t.shape)  # exact: a huge shape cannot wrap around
         size = (t.parameters or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -169,27 +194,47 @@ def _from_binary(t: _Tensor, chunk: bytes, count: int) -> Any:
     return np.frombuffer(chunk, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(t.shape)
 
 
+# JSON element types each datatype takes (bool is a subclass of int: listed on its own).
+_JSON_TYPES = {"BOOL": {bool}, "FP": {int, float}, "INT": {int}}
+
+
 def _from_json(t: _Tensor, count: int) -> Any:
-    flat = _flatten(t.data)
+    flat = _flatten(t.data, max(1, len(t.shape)), t.name)
     if len(flat) != count:
         raise InputError(f"input {t.name!r}: shape {t.shape} needs {count} elements, data has {len(flat)}")
     if t.datatype == "BYTES":
-        if not all(isinstance(x, str) for x in flat):
-            raise InputError(f"input {t.name!r}: BYTES data in JSON must be strings")
-        return flat
+        for x in flat:
+            if not (isinstance(x, str) or (isinstance(x, dict) and set(x) == {"b64"} and isinstance(x["b64"], str))):
+                raise InputError(f'input {t.name!r}: BYTES data in JSON must be strings (or {{"b64": "..."}})')
+        return [decode_base64(x["b64"], f"input {t.name!r} row {i}") if isinstance(x, dict) else x
+                for i, x in enumerate(flat)]
     dtype = _dtype(t)
+    kind = "BOOL" if t.datatype == "BOOL" else "FP" if t.datatype.startswith("FP") else "INT"
+    wrong = set(map(type, flat)) - _JSON_TYPES[kind]
+    if wrong:
+        want = {"BOOL": "true/false", "FP": "JSON numbers", "INT": "JSON integers"}[kind]
+        raise InputError(f"input {t.name!r}: {t.datatype} data must be {want}; got "
+                         f"{', '.join(sorted(_JSON_NAMES.get(w, w.__name__) for w in wrong))}")
     try:
-        return np.asarray(flat, dtype=dtype).reshape(t.shape)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise InputError(f"input {t.name!r}: data is not {t.datatype}: {err}") from None
+        with np.errstate(over="raise"):
+            array = np.asarray(flat, dtype=dtype)
+    except (TypeError, ValueError, OverflowError, FloatingPointError) as err:
+        raise InputError(f"input {t.name!r}: data does not fit {t.datatype}: {err}") from None
+    return array.reshape(t.shape)
 
 
-def _flatten(data: list[Any]) -> list[Any]:
+_JSON_NAMES = {str: "strings", bool: "booleans", float: "floats", int: "integers", dict: "objects", type(None): "null"}
+
+
+def _flatten(data: list[Any], max_depth: int, name: str) -> list[Any]:
+    """Nested lists -> flat list (iterative: no recursion on hostile nesting)."""
     out: list[Any] = []
     stack = [iter(data)]
     while stack:
         for x in stack[-1]:
             if isinstance(x, list):
+                if len(stack) >= max_depth:
+                    raise InputError(f"input {name!r}: data is nested deeper than its shape's {max_depth} axes")
                 stack.append(iter(x))
                 break
             out.append(x)

@@ -1,6 +1,14 @@
 """``mmfurnace serve --ray``: the same engine as a Ray Serve application.
 
-Deployments (one Ray actor pool each, ``cfg.ray.num_replicas`` replicas):
+With every stage on one device (``mode: auto`` resolves to whole, the default), the
+application is ONE deployment, ``ingress``: each replica runs the whole engine of
+:mod:`mmfurnace.serve.engine` (its batcher, its worker processes, the latency-budget
+admission) behind the same HTTP routes, so a request crosses Ray once (proxy -> replica) and
+its row is never routed between actors. (The split layout below made 4 handle calls per row:
+25 req/s on 2 cores.)
+
+Split mode (stages on different devices) deploys one Ray actor pool per stage
+(``cfg.ray.num_replicas`` replicas each):
     encoder_<m>   one per modality: that encoder's stage, on the device/backend its
                   config names (a cuda stage reserves ``num_gpus: 1``)
     fusion_head   the fusion + head stage
@@ -9,7 +17,10 @@ Deployments (one Ray actor pool each, ``cfg.ray.num_replicas`` replicas):
                   /v1/predict, health, /metrics) over a :class:`RayEngine` that preprocesses
                   and calls the stage deployments through their handles — encoders
                   concurrently, then fusion
-Each stage batches with ``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s`` =
+CPUs: each replica reserves ``ray.num_cpus``; left unset, the cluster's CPUs are shared out
+over every replica, so the application starts wherever it is run (5 deployments x 0.5 CPU
+never started on a 2-CPU machine: Ray waited forever). A request larger than the cluster is
+refused at once with what to set. Each stage batches with ``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s`` =
 ``max_wait_ms``) and sheds load past ``max_queue`` waiting requests (Ray's
 ``max_queued_requests``; the ingress answers 503 + Retry-After).
 
@@ -33,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mmfurnace.errors import MissingDependencyError
+from mmfurnace.errors import ConfigError, MissingDependencyError
 from mmfurnace.export.spec import FULL_GRAPH, FUSION_GRAPH, encoder_graph, load_spec
 from mmfurnace.serve.config import ServeConfig, StageConfig
 from mmfurnace.serve.engine import Prediction, RequestGate, answer_many, build_signature
@@ -41,7 +52,9 @@ from mmfurnace.serve.errors import NotReady, Overloaded
 from mmfurnace.serve.loading import (
     build_stage,
     encoder_shapes_from_spec,
+    export_formats,
     find_tokenizer,
+    resolve_config,
     stage_graphs,
 )
 from mmfurnace.serve.metrics import ServeMetrics
@@ -85,13 +98,21 @@ class RayEngine:
     def describe(self) -> dict[str, Any]:
         return {"mode": self.cfg.mode, "runner": "ray", "modalities": self.modalities, "deployments": sorted(self.handles)}
 
-    async def infer(self, row: Any) -> Prediction:
+    def admit(self, rows: int = 1, deadline_s: float | None = None) -> None:
+        """What the HTTP routes ask before reading a body (Overloaded / NotReady)."""
         if not self.ready:
             raise NotReady("ingress is not started")
-        return await self.gate.answer(row, self._pipeline)
+        self.gate.admit(rows, deadline_s)
 
-    async def infer_many(self, rows: Any) -> list[Prediction]:
-        return await answer_many(self.infer, rows)
+    async def infer(self, row: Any, *, deadline_s: float | None = None) -> Prediction:
+        if not self.ready:
+            raise NotReady("ingress is not started")
+        return await self.gate.answer(row, self._pipeline, deadline_s=deadline_s)
+
+    async def infer_many(self, rows: Any, *, deadline_s: float | None = None) -> list[Prediction]:
+        self.admit(len(rows), deadline_s)
+        return await answer_many(
+            lambda r: self.gate.answer(r, self._pipeline, deadline_s=deadline_s, admitted=True), rows)
 
     async def _pipeline(self, row: dict[str, Any], timings: dict[str, float]) -> Any:
         t0 = time.perf_counter()
@@ -118,6 +139,19 @@ class RayEngine:
         return result
 
 
+def stage_batch(export_dir: str | Path, graph: str, stage: StageConfig, *, threads: int | None) -> GraphBatch:
+    """One stage deployment's work: rows of ``graph`` -> one result per row (a batch)."""
+    spec = load_spec(export_dir)
+    runner = build_stage(spec, graph, stage, threads=threads)
+    info = spec.info
+    return GraphBatch(
+        runner, graph, modalities=spec.modalities,
+        sequences={m for m in spec.modalities if spec.is_sequence(m)},
+        like={m: example_row(m, info.input_shapes[m], info.input_dtypes.get(m, "float32")) for m in spec.modalities},
+        shapes=encoder_shapes_from_spec(spec) if graph == FUSION_GRAPH else None,
+    )
+
+
 def _deployments() -> tuple[Any, Any]:
     serve = _require_ray()
 
@@ -131,17 +165,9 @@ def _deployments() -> tuple[Any, Any]:
                 import torch
 
                 torch.set_num_threads(torch_threads)  # this replica's own process
-            spec = load_spec(export_dir)
             if stage["device"].startswith("cuda"):
                 stage = {**stage, "device": "cuda"}  # Ray exposes the GPU it reserved as cuda:0
-            runner = build_stage(spec, graph, StageConfig(**stage), threads=threads)
-            info = spec.info
-            self.batch = GraphBatch(
-                runner, graph, modalities=spec.modalities,
-                sequences={m for m in spec.modalities if spec.is_sequence(m)},
-                like={m: example_row(m, info.input_shapes[m], info.input_dtypes.get(m, "float32")) for m in spec.modalities},
-                shapes=encoder_shapes_from_spec(spec) if graph == FUSION_GRAPH else None,
-            )
+            self.batch = stage_batch(export_dir, graph, StageConfig(**stage), threads=threads)
             self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"mmf-{graph}")
             self.run.set_max_batch_size(max_batch_size)
             self.run.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -171,10 +197,60 @@ def _deployments() -> tuple[Any, Any]:
     return StageDeployment, Ingress
 
 
-def build_ray_app(export_dir: str | Path, cfg: ServeConfig | None = None, *, tokenizer: Any | None = None) -> Any:
-    """The Ray Serve application (ingress bound to one deployment per stage) for an export."""
-    cfg = cfg or ServeConfig()
+def _whole_deployment() -> Any:
+    serve = _require_ray()
+
+    @serve.deployment
+    @serve.ingress()
+    class WholeIngress:
+        """The whole engine (batcher, worker processes, admission) and its HTTP routes."""
+
+        def __init__(self, export_dir: str, cfg: dict) -> None:
+            from mmfurnace.serve.engine import InferenceEngine
+
+            self.cfg = ServeConfig.model_validate(cfg)
+            self.engine = InferenceEngine.from_export(export_dir, self.cfg)
+
+        def __serve_build_asgi_app__(self) -> Any:
+            from mmfurnace.serve.app import create_app
+
+            return create_app(self.engine, self.cfg)  # starts/stops the engine with its lifespan
+
+    return WholeIngress
+
+
+def cpus_per_replica(cfg: ServeConfig, replicas: int, available: float | None) -> float:
+    """CPUs each of ``replicas`` replicas reserves: ``ray.num_cpus``, or the cluster's share.
+
+    Raises ConfigError at once when the request cannot fit ``available`` CPUs (Ray would
+    otherwise wait forever for resources that never come)."""
+    if cfg.ray.num_cpus is None:
+        if not available:
+            return 0.0
+        return round(available / replicas, 3)
+    need = cfg.ray.num_cpus * replicas
+    if available is not None and need > available + 1e-9:
+        raise ConfigError(
+            f"ray: {replicas} replicas x ray.num_cpus={cfg.ray.num_cpus:g} = {need:g} CPUs, but the Ray "
+            f"cluster has {available:g}; set ray.num_cpus <= {available / replicas:.3g} (or leave it unset "
+            "to share the cluster's CPUs out), fewer ray.num_replicas, or add nodes"
+        )
+    return cfg.ray.num_cpus
+
+
+def build_ray_app(export_dir: str | Path, cfg: ServeConfig | None = None, *, tokenizer: Any | None = None,
+                  available_cpus: float | None = None) -> Any:
+    """The Ray Serve application for an export: one whole-engine deployment when every stage
+    is on one device, else an ingress bound to one deployment per stage. available_cpus: the
+    cluster's CPUs (``ray.available_resources()``), to size the replicas' reservations."""
     spec = load_spec(export_dir)
+    cfg, _ = resolve_config(cfg or ServeConfig(), spec.modalities, export_formats(spec))
+    if cfg.mode == "whole":
+        ncpu = cpus_per_replica(cfg, cfg.ray.num_replicas, available_cpus)
+        return _whole_deployment().options(
+            name="ingress", num_replicas=cfg.ray.num_replicas, ray_actor_options={"num_cpus": ncpu},
+            max_ongoing_requests=cfg.max_concurrency,
+        ).bind(str(spec.directory.resolve()), cfg.model_dump(mode="json"))
     tokenizer = tokenizer if tokenizer is not None else find_tokenizer(spec.directory, spec.preprocessing)
     settings = PreprocessSettings.from_data_settings(spec.preprocessing, spec.modalities, tokenizer)
     preprocessor = Preprocessor(settings)
@@ -185,9 +261,10 @@ def build_ray_app(export_dir: str | Path, cfg: ServeConfig | None = None, *, tok
         spec.graph(graph)  # InputError naming the export when a graph is missing
     stage_deployment, ingress = _deployments()
     directory = str(spec.directory.resolve())
+    ncpu = cpus_per_replica(cfg, cfg.ray.num_replicas * (len(graphs) + 1), available_cpus)
     handles = {}
     for graph, stage in graphs.items():
-        actor = {"num_cpus": cfg.ray.num_cpus, "num_gpus": 1 if stage.device.startswith("cuda") else 0}
+        actor = {"num_cpus": ncpu, "num_gpus": 1 if stage.device.startswith("cuda") else 0}
         handles[graph] = stage_deployment.options(
             name=graph, num_replicas=cfg.ray.num_replicas, ray_actor_options=actor,
             max_ongoing_requests=cfg.max_batch_size * cfg.max_inflight_batches, max_queued_requests=cfg.max_queue,
@@ -196,7 +273,7 @@ def build_ray_app(export_dir: str | Path, cfg: ServeConfig | None = None, *, tok
             cfg.torch_threads,
         )
     return ingress.options(
-        name="ingress", num_replicas=cfg.ray.num_replicas, ray_actor_options={"num_cpus": cfg.ray.num_cpus},
+        name="ingress", num_replicas=cfg.ray.num_replicas, ray_actor_options={"num_cpus": ncpu},
         max_ongoing_requests=cfg.max_concurrency,
     ).bind(cfg.model_dump(mode="json"), signature, settings, handles)
 
@@ -222,8 +299,10 @@ def run_ray(
     cfg = cfg or ServeConfig()
     if not ray.is_initialized():
         ray.init(address=address)
+    available = float(ray.available_resources().get("CPU", 0.0))
+    application = build_ray_app(export_dir, cfg, tokenizer=tokenizer, available_cpus=available)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_ray_app(export_dir, cfg, tokenizer=tokenizer), name=cfg.model_name, route_prefix="/")
+    serve.run(application, name=cfg.model_name, route_prefix="/")
     if not blocking:
         return
     try:

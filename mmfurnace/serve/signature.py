@@ -139,10 +139,7 @@ def raw_element(m: str, value: bytes | str, i: int) -> bytes | str:
     where = f"input {m!r} row {i}"
     if m in RAW_MODALITIES:
         if isinstance(value, str):  # JSON: base64
-            try:
-                value = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                raise InputError(f"{where}: BYTES in JSON must be base64-encoded file bytes") from None
+            value = decode_base64(value, where)
         if not value:
             raise InputError(f"{where}: empty file")
         return value
@@ -151,13 +148,34 @@ def raw_element(m: str, value: bytes | str, i: int) -> bytes | str:
     raise InputError(f"{where}: {m!r} cannot be sent as BYTES; send a numeric tensor")
 
 
+def decode_base64(value: str, where: str) -> bytes:
+    """A base64 string (standard or URL-safe alphabet, padding optional, whitespace ignored,
+    as clients variously send it) -> bytes; InputError naming ``where`` otherwise."""
+    text = "".join(value.split())
+    if "-" in text or "_" in text:
+        text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{where}: BYTES in JSON must be base64-encoded file bytes") from None
+
+
 def decode_text(value: bytes | str, where: str) -> str:
-    """UTF-8 bytes (or str) -> str; InputError naming ``where`` for bad UTF-8 or empty text."""
+    """UTF-8 bytes (or str) -> str; InputError naming ``where`` for bad UTF-8, text that is
+    not valid Unicode (a lone UTF-16 surrogate from a JSON escape) or empty text."""
     if isinstance(value, bytes | bytearray):
         try:
             value = bytes(value).decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise InputError(f"{where}: text is not valid UTF-8 (bad byte at offset {exc.start})") from None
+    else:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"{where}: text is not valid Unicode (lone surrogate {value[exc.start]!r} at character {exc.start})"
+            ) from None
     if not value.strip():
         raise InputError(f"{where}: empty text (nothing but whitespace)")
     return value

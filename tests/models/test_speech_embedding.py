@@ -316,9 +316,9 @@ def test_channel_pruned_model_rebuilds_from_its_weights(clips) -> None:
     """Torch-Pruning follows the convs (and the depthwise stem affine) of the encoder; a pruned
     checkpoint is rebuilt from its weights' shapes as load_compressed does it."""
     from mmfurnace.compress.channels import channel_prune_
-    from mmfurnace.models.surgery import resize_to_, shape_attributes
     from mmfurnace.compress.config import ChannelConfig
     from mmfurnace.data.batch import Batch
+    from mmfurnace.models.surgery import resize_to_, shape_attributes
 
     cfg = ModelConfig(encoders={"audio": EncoderConfig(name="speech_embedding")}, fusion="late")
     model = build_model(cfg, audio_info()).eval()

@@ -70,6 +70,28 @@ def test_dispatches_partial_batch_when_oldest_waited_max_wait() -> None:
     assert batches == [[1, 2]]
 
 
+def test_lone_item_goes_at_once_when_nothing_else_is_on_its_way() -> None:
+    """pending() == 0: a batch forming on an empty queue leaves without waiting max_wait (an
+    hour here); with rows on their way it waits for them (they join the same batch)."""
+    batches, fn = recorder()
+    on_the_way = [0]
+
+    async def main() -> None:
+        async with DynamicBatcher(fn, max_batch_size=8, max_wait_ms=3_600_000, max_queue=16,
+                                  pending=lambda: on_the_way[0]) as b:
+            assert await asyncio.wait_for(b.submit(1), 10) == 2
+            on_the_way[0] = 1  # one more admitted upstream, not yet submitted
+            first = asyncio.create_task(b.submit(2))
+            await asyncio.sleep(0.05)
+            assert batches == [[1]]  # held for the row on its way
+            on_the_way[0] = 0
+            second = asyncio.create_task(b.submit(3))
+            assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [4, 6]
+
+    run(main())
+    assert batches == [[1], [2, 3]]
+
+
 def test_max_wait_zero_dispatches_what_is_queued() -> None:
     batches, fn = recorder()
 

@@ -15,7 +15,7 @@ def test_yaml_and_overrides(tmp_path) -> None:
     assert cfg.max_batch_size == 16
     assert cfg.max_wait_ms == 2.5
     assert cfg.stage("image").backend == "onnxruntime"
-    assert cfg.stage("audio").backend == "eager"  # unconfigured: cpu / eager
+    assert cfg.stage("audio").backend == "auto"  # unconfigured: cpu / the best runtime installed
     assert cfg.fusion.backend == "onnxruntime"
     assert cfg.ray.num_replicas == 2
 
@@ -47,3 +47,26 @@ def test_cuda_without_a_gpu_is_rejected_at_construction() -> None:
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="no CUDA GPU is available on this machine"):
         ServeConfig(stages={"audio": {"device": "cuda:0"}})
+
+
+def test_auto_picks_whole_on_one_device_and_the_best_runtime(export_dir) -> None:
+    from mmfurnace.export.spec import load_spec
+    from mmfurnace.serve.loading import export_formats, resolve_config
+
+    spec = load_spec(export_dir)
+    cfg, why = resolve_config(ServeConfig(), spec.modalities, export_formats(spec))
+    assert cfg.mode == "whole"
+    assert cfg.whole.backend == "onnxruntime"  # never silently eager
+    assert "every stage is on cpu" in why["mode"]
+    # No ONNX file in the export: the next runtime that has one, and the reason says so.
+    cfg, why = resolve_config(ServeConfig(), spec.modalities, {"torchscript"})
+    assert cfg.whole.backend == "torchscript"
+    assert "onnxruntime: the export has no onnx file" in why["whole"] or "torchscript" in why["whole"]
+    cfg, why = resolve_config(ServeConfig(), spec.modalities, set())
+    assert cfg.whole.backend == "eager"
+    assert "no faster runtime usable" in why["whole"]
+    # Configured: kept as given.
+    cfg, why = resolve_config(ServeConfig(mode="split", fusion={"backend": "eager"}), spec.modalities, None)
+    assert cfg.mode == "split"
+    assert cfg.fusion.backend == "eager"
+    assert cfg.stage("image").backend == "onnxruntime"

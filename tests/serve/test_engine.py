@@ -68,7 +68,7 @@ def test_engine_matches_eager_model(export_dir, model, info, settings) -> None:
 
 def test_mixed_modality_subsets_share_batches(model, info) -> None:
     rows = preprocessed_rows(info, n=16)
-    cfg = ServeConfig(max_batch_size=64, max_wait_ms=200)
+    cfg = ServeConfig(mode="split", max_batch_size=64, max_wait_ms=200)
     got, engine = asyncio.run(infer_all(InferenceEngine.from_model(model, info, cfg), rows))
     torch.testing.assert_close(got, eager_logits(model, info, rows), rtol=1e-4, atol=1e-4)
     m = engine.metrics
@@ -81,7 +81,7 @@ def test_mixed_modality_subsets_share_batches(model, info) -> None:
 
 
 def test_concurrent_requests_are_batched(export_dir, samples, tokenizer) -> None:
-    cfg = ServeConfig(max_batch_size=8, max_wait_ms=50, preprocess_workers=2)
+    cfg = ServeConfig(mode="split", max_batch_size=8, max_wait_ms=50, preprocess_workers=2)
     engine = InferenceEngine.from_export(export_dir, cfg)
 
     async def main():
@@ -140,7 +140,7 @@ def slow_engine(model, info, cfg, seconds):
 
 
 def test_request_timeout_is_raised_and_counted(model, info) -> None:
-    engine = slow_engine(model, info, ServeConfig(request_timeout_s=0.2), seconds=1.0)
+    engine = slow_engine(model, info, ServeConfig(mode="split", request_timeout_s=0.2), seconds=1.0)
     row = {m: v.numpy() for m, v in preprocessed_rows(info, 1)[0].items()}
 
     async def main():
@@ -153,7 +153,7 @@ def test_request_timeout_is_raised_and_counted(model, info) -> None:
 
 
 def test_overload_sheds_with_overloaded_and_answers_everyone(model, info) -> None:
-    cfg = ServeConfig(max_batch_size=2, max_queue=2, max_inflight_batches=1, max_concurrency=6,
+    cfg = ServeConfig(mode="split", max_batch_size=2, max_queue=2, max_inflight_batches=1, max_concurrency=6,
                       max_wait_ms=0, request_timeout_s=20)
     engine = slow_engine(model, info, cfg, seconds=0.3)
     row = {m: v.numpy() for m, v in preprocessed_rows(info, 1)[0].items()}
@@ -252,7 +252,7 @@ def test_encoders_of_one_request_compute_concurrently(model, info) -> None:
     import threading
 
     barrier = threading.Barrier(3, timeout=20)
-    engine = InferenceEngine.from_model(model, info, ServeConfig())
+    engine = InferenceEngine.from_model(model, info, ServeConfig(mode="split"))
     for m in ("audio", "image", "text"):
         engine.stages[f"encoder_{m}"] = BarrierStage(engine.stages[f"encoder_{m}"], barrier)
     row = {m: v.numpy() for m, v in preprocessed_rows(info, 1)[0].items()}
@@ -286,7 +286,7 @@ class OverlapStage(SlowStage):
 
 
 def test_next_batch_is_prepared_while_the_current_one_computes(model, info) -> None:
-    cfg = ServeConfig(mode="whole", max_batch_size=1, max_wait_ms=0, max_inflight_batches=2)
+    cfg = ServeConfig(mode="whole", whole={"backend": "eager"}, max_batch_size=1, max_wait_ms=0, max_inflight_batches=2)
     engine = InferenceEngine.from_model(model, info, cfg)
     stage = engine.stages["model"] = OverlapStage(engine.stages["model"])
     rows = [{m: v.numpy() for m, v in r.items()} for r in preprocessed_rows(info, 2)]

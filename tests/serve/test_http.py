@@ -114,7 +114,7 @@ def test_multipart_predict_with_real_files(client, info) -> None:
     assert list(body["probabilities"]) == list(info.class_names)
     assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-5
     assert body["modalities"] == ["audio", "image", "text"]
-    assert {"preprocess", "encoder_image", "encoder_audio", "encoder_text", "fusion", "total"} <= set(body["timings_ms"])
+    assert {"preprocess", "queue_model", "model", "total"} <= set(body["timings_ms"])  # whole mode: the default
     only_text = client.post("/v1/predict", files={"text": (None, b"three")})
     assert only_text.status_code == 200
     assert only_text.json()["modalities"] == ["text"]
@@ -186,7 +186,7 @@ def test_metrics_exposes_counts_latencies_batches_and_queue_depth(client) -> Non
     text = client.get("/metrics").text
     assert 'mmfurnace_requests_total{route="/v1/predict",status="200"}' in text
     assert 'mmfurnace_stage_seconds_bucket{le="0.005",stage="preprocess"}' in text
-    assert 'mmfurnace_stage_seconds_count{stage="encoder_text"}' in text
-    assert 'mmfurnace_batch_size_count{stage="fusion_head"}' in text
-    assert 'mmfurnace_queue_depth{stage="encoder_text"}' in text
+    assert 'mmfurnace_stage_seconds_count{stage="model"}' in text
+    assert 'mmfurnace_batch_size_count{stage="model"}' in text
+    assert 'mmfurnace_queue_depth{stage="model"}' in text
     assert 'status="500"' not in text

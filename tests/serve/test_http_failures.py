@@ -33,7 +33,7 @@ class Switch:
 
 
 def test_deadline_is_504_and_a_crash_is_500_and_serving_goes_on(export_dir) -> None:
-    engine = InferenceEngine.from_export(export_dir, ServeConfig(request_timeout_s=0.3))
+    engine = InferenceEngine.from_export(export_dir, ServeConfig(mode="split", request_timeout_s=0.3))
     switch = engine.stages["fusion_head"] = Switch(engine.stages["fusion_head"])
     with BackgroundServer(engine) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         switch.mode = "slow"
