@@ -267,7 +267,17 @@ def test_evaluate_robustness_on_an_oracle():
     assert result["clean_accuracy"] == 1.0
     audio = result["curves"]["audio:white"]
     assert audio["accuracy"] == [1.0, 1.0, 1.0]
-    assert audio["relative_robustness"] == pytest.approx(1.0)
+    # the oracle never reads audio: noise on it changes nothing, and that is not robustness.
+    # Alone it is at the model's chance (1/3, class 0 for everything) and removing it costs 0.
+    assert audio["ignored"] is True
+    assert audio["relative_robustness"] is None
+    assert result["chance_accuracy"] == pytest.approx(1 / 3)
+    use = result["modality_use"]
+    assert use["audio"] == {"alone": pytest.approx(1 / 3), "without": 1.0, "ignored": True,
+                            "gain_alone": pytest.approx(0.0), "loss_without": pytest.approx(0.0)}
+    assert use["image"]["alone"] == 1.0
+    assert use["image"]["ignored"] is False
+    assert "ignored" not in result["curves"]["image:missing"]
     # removing the image from half the rows of each batch of 6 (2 per class on average): the
     # oracle then answers class 0, right only for class-0 rows; at level 1 it is 1/3.
     missing = result["curves"]["image:missing"]["accuracy"]
@@ -329,6 +339,33 @@ def test_write_robustness_report(tmp_path):
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(InputError, match="baseline"):
         rb.write_robustness_report(results, tmp_path, baseline="nope")
+
+
+@pytest.mark.parametrize(
+    ("alone", "without", "ignored"),
+    [
+        (0.12, 0.90, True),  # alone at chance, removal free: ignored
+        (0.40, 0.90, False),  # useful alone (the redundant case: removal free, still used)
+        (0.12, 0.60, False),  # useless alone but removal costs: used in combination
+        (0.15, 0.86, True),  # within a tenth of the 0.8 margin on both sides
+    ],
+)
+def test_modality_use_tells_ignored_from_robust(alone, without, ignored):
+    from mmfurnace.train.modality_use import modality_use
+
+    use = modality_use(0.90, 0.10, {"audio": alone, "image": 0.85}, {"audio": without, "image": 0.2})
+    assert use["audio"]["ignored"] is ignored
+    assert use["image"]["ignored"] is False
+    assert modality_use(0.1, 0.1, {"a": 0.1}, {"a": 0.1})["a"]["ignored"]  # no margin: nothing used
+
+
+def test_report_marks_an_ignored_modality(tmp_path):
+    result = rb.evaluate_robustness(ImageOracle(), oracle_loader(), "cpu", modalities=["audio", "image"],
+                                    corruptions=[("audio", "white")], levels=(0.0, 1.0))
+    md = rb.write_robustness_report({"oracle": result}, tmp_path)["markdown"].read_text()
+    assert "| oracle | audio | white | 1.000 | 1.000 | 1.000 | 1.000 | ignored |" in md
+    assert "| oracle | 0.333 | 0.333 (ignored) | 1.000 |" in md
+    assert "- oracle, audio: ignored by the model: alone 0.333 vs chance 0.333" in md
 
 
 def test_removing_the_only_modality_still_evaluates():
