@@ -19,17 +19,18 @@ def build_encoder(modality: str, cfg: EncoderConfig, info: DatasetInfo) -> nn.Mo
         raise ConfigError(
             f"dataset has no input shape for {modality!r}; it has {sorted(info.input_shapes)}"
         )
+    # layers/channels left unset (None) are not passed: each builder has its own default
+    sizes = {k: v for k, v in (("layers", cfg.layers), ("channels", cfg.channels)) if v is not None}
     try:
         return ENCODERS[cfg.name](
             input_shape=tuple(info.input_shapes[modality]),
             input_dtype=info.input_dtypes.get(modality, "float32"),
             vocab_size=info.vocab_size,
             dim=cfg.dim,
-            layers=cfg.layers,
             heads=cfg.heads,
             dropout=cfg.dropout,
-            channels=cfg.channels,
             path=cfg.path,
+            **sizes,
         )
     except ConfigError as err:
         raise ConfigError(f"model.encoders.{modality}: {err}") from None

@@ -1,6 +1,15 @@
 """Encoders, one file per family. Importing this package registers them in ENCODERS."""
 
-from mmfurnace.models.encoders import cnn1d, cnn2d, hf, lenet, mlp, resnet, transformer  # noqa: F401
+from mmfurnace.models.encoders import (  # noqa: F401
+    auto,
+    cnn1d,
+    cnn2d,
+    hf,
+    lenet,
+    mlp,
+    resnet,
+    transformer,
+)
 from mmfurnace.models.encoders.cnn1d import CNN1dEncoder
 from mmfurnace.models.encoders.cnn2d import CNN2dEncoder
 from mmfurnace.models.encoders.hf import HFEncoder
