@@ -65,10 +65,13 @@ class DataConfig(StrictModel):
             return self
         for section in ("image", "audio", "text"):
             prep = getattr(self, section)
+            defaults = type(prep)()
+            # Values, not "was it set": a saved config lists every key with its value.
+            changed = [k for k in type(prep).model_fields if getattr(prep, k) != getattr(defaults, k)]
             ignored = sorted(
-                key for key in prep.model_fields_set
+                key for key in changed
                 if key not in honoured.get(section, {})
-                or honoured[section][key] not in (None, getattr(prep, key))
+                or honoured[section][key] not in (None, _plain(getattr(prep, key)))
             )
             if ignored:
                 raise FieldError(
@@ -80,11 +83,15 @@ class DataConfig(StrictModel):
 
 
 # Preprocessing options each published-layout reader honours: option -> None (any value) or
-# the only value that describes its arrays. Everything else set by the user is rejected.
+# the only value that describes its arrays. Any other option moved off its default is rejected.
 FIXED_LAYOUT_OPTIONS: dict[str, dict[str, dict[str, object]]] = {
     "avmnist": {"image": {"mean": None, "std": None, "size": (28, 28), "channels": 1}},
     "mmimdb": {},
 }
+
+
+def _plain(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _applies(options: dict[str, object]) -> str:

@@ -1,24 +1,25 @@
 """Does a model use a modality at all? Told apart from "robust to losing it".
 
-A modality whose removal costs nothing looks perfectly robust (relative robustness 1.00 on
-every corruption of it), but the same numbers come from a model that never learned to use
-it. The two differ in what the modality does *alone*: a used modality predicts above chance
-when it is the only one present; an ignored one does not.
+A modality whose content the model does not read looks perfectly robust (relative robustness
+1.00 on every corruption of it), but the same numbers come from a model that never learned to
+use it. Two measurements tell them apart, both on the same data:
 
-For a modality m, with accuracies measured on the same data:
+    clean        every modality present
+    chance       no modality present (the model's bias-only prediction: its own chance level)
+    alone[m]     only m present
+    shuffled[m]  m present everywhere, but each row gets another row's m (rolled by one row
+                 within the batch): the model still sees a real, in-distribution input of m,
+                 only not the one that belongs to the row (permutation importance)
 
-    clean      every modality present
-    chance     no modality present (the model's bias-only prediction: its own chance level)
-    alone[m]   only m present
-    without[m] every modality but m present
-
-    margin = clean - chance                        what the model gains from its inputs
+    margin  = clean - chance                       what the model gains from its inputs
     ignored = alone[m] - chance < share * margin   m alone recovers under ``share`` of it
-          and clean - without[m] < share * margin  and removing m costs under ``share`` of it
+          and clean - shuffled[m] < share * margin and its content is worth under ``share``
 
-Both conditions, because a modality can matter only in combination (useless alone, costly
-to remove): that one is used. With ``share`` 0.1 and a model 60 points above chance, m is
-ignored when alone it is within 6 points of chance and removing it costs under 6 points.
+Removal (m marked absent) is reported too but not used: a fusion never trained without m can
+lose accuracy on an absent m because the input is new to it, not because it reads m (the
+AV-MNIST early fusion whose audio branch had learned nothing lost 15 points without audio and
+none with the audio of other rows). A modality useful only in combination with another is
+useless alone but costly to shuffle: that one is used.
 """
 
 from __future__ import annotations
@@ -32,28 +33,32 @@ def modality_use(
     clean: float,
     chance: float,
     alone: dict[str, float],
-    without: dict[str, float],
+    shuffled: dict[str, float],
+    without: dict[str, float] | None = None,
     *,
     share: float = IGNORED_SHARE,
 ) -> dict[str, dict[str, Any]]:
-    """Per modality: ``alone``, ``without``, ``gain_alone`` (alone - chance), ``loss_without``
-    (clean - without) and ``ignored`` (module docstring). A model with no margin over chance
-    uses nothing, so every modality is ignored; ``alone`` must cover ``without``'s keys."""
+    """Per modality in ``shuffled``: ``alone``, ``shuffled``, ``without`` (when given),
+    ``gain_alone`` (alone - chance), ``loss_shuffled`` (clean - shuffled) and ``ignored``
+    (module docstring). A model with no margin over chance uses nothing."""
     margin = clean - chance
     out: dict[str, dict[str, Any]] = {}
-    for m in sorted(without):
-        gain, loss = alone[m] - chance, clean - without[m]
+    for m in sorted(shuffled):
+        gain, loss = alone[m] - chance, clean - shuffled[m]
         ignored = margin <= 0 or (gain < share * margin and loss < share * margin)
-        out[m] = {"alone": alone[m], "without": without[m], "gain_alone": gain,
-                  "loss_without": loss, "ignored": bool(ignored)}
+        out[m] = {"alone": alone[m], "shuffled": shuffled[m], "gain_alone": gain,
+                  "loss_shuffled": loss, "ignored": bool(ignored)}
+        if without is not None and m in without:
+            out[m]["without"] = without[m]
     return out
 
 
 def describe_ignored(use: dict[str, dict[str, Any]], chance: float) -> list[str]:
     """One sentence per ignored modality, for reports."""
     return [
-        f"{m}: ignored by the model: alone {u['alone']:.3f} vs chance {chance:.3f}, removing it "
-        f"costs {u['loss_without']:+.3f}; its corruption curves measure nothing (no robustness score)"
+        f"{m}: ignored by the model: alone {u['alone']:.3f} vs chance {chance:.3f}, another "
+        f"row's {m} costs {u['loss_shuffled']:+.3f}; its corruption curves measure nothing "
+        "(no robustness score)"
         for m, u in use.items()
         if u["ignored"]
     ]

@@ -490,12 +490,12 @@ def evaluate_robustness(
                                        "auc", "relative_robustness"}, ...},
          "removal": {"image": accuracy with image absent from every sample, ...},
          "chance_accuracy": accuracy with every modality absent,
-         "modality_use": {"image": {"alone", "without", "gain_alone", "loss_without",
-                                    "ignored"}, ...}}
+         "modality_use": {"image": {"alone", "shuffled", "without", "gain_alone",
+                                    "loss_shuffled", "ignored"}, ...}}
 
     A modality the model ignores (:mod:`mmfurnace.train.modality_use`: alone it is no better
-    than chance and removing it costs nothing) gets ``"ignored": True`` on its curves and no
-    relative robustness (None): an unused input is not a robust one.
+    than chance and another row's content of it costs nothing) gets ``"ignored": True`` on its
+    curves and no relative robustness (None): an unused input is not a robust one.
     """
     modalities = sorted(modalities)
     if corruptions is None:
@@ -536,12 +536,26 @@ def _flag_ignored(
     """Chance and single-modality accuracies; marks the curves of ignored modalities."""
     chance = _accuracy(model, loader, device, _keeper([], modalities))
     alone = {m: _accuracy(model, loader, device, _keeper([m], modalities)) for m in modalities}
-    use = modality_use(clean, chance, alone, removal)
+    shuffled = {m: _accuracy(model, loader, device, _roller(m)) for m in modalities}
+    use = modality_use(clean, chance, alone, shuffled, removal)
     for entry in curves.values():
         if use[entry["modality"]]["ignored"]:
             entry["ignored"] = True
             entry["relative_robustness"] = None
     return {"chance_accuracy": chance, "modality_use": use}
+
+
+def _roller(modality: str) -> Callable[[Batch], Batch]:
+    """Each row gets the next row's ``modality`` (input, padding, presence); the rest stays."""
+
+    def fn(batch: Batch) -> Batch:
+        out = _copy(batch)
+        for part in (out.inputs, out.padding, out.present):
+            if modality in part:
+                part[modality] = torch.roll(part[modality], 1, dims=0)
+        return out
+
+    return fn
 
 
 def _keeper(keep: list[str], modalities: list[str]) -> Callable[[Batch], Batch]:
@@ -656,16 +670,21 @@ def _use_lines(results: dict[str, dict[str, Any]], modalities: list[str]) -> lis
     rows = {k: r for k, r in results.items() if "modality_use" in r}
     if not rows:
         return []
-    lines = ["", "## Accuracy with one modality alone (is it used at all?)", "",
-             "A modality that alone is no better than the model with no input, and whose removal "
-             "costs nothing, is *ignored* by the model: its curves above get no robustness score.", ""]
-    header = ["method", "no modality (chance)"] + [f"{m} alone" for m in modalities]
+    lines = ["", "## Is each modality used at all?", "",
+             "Accuracy with only that modality, and with every row given another row's content of "
+             "it. A modality that alone is no better than the model with no input and whose content "
+             "is worth nothing is *ignored*: its curves above get no robustness score.", ""]
+    header = ["method", "no modality (chance)"]
+    header += [f"{m} {what}" for m in modalities for what in ("alone", "of another row")]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
     for method, result in rows.items():
         use = result["modality_use"]
-        cells = [_fmt(use[m]["alone"]) + (" (ignored)" if use[m]["ignored"] else "")
-                 if m in use else "—" for m in modalities]
+        cells = []
+        for m in modalities:
+            flag = " (ignored)" if m in use and use[m]["ignored"] else ""
+            cells += ([_fmt(use[m]["alone"]) + flag, _fmt(use[m]["shuffled"])]
+                      if m in use else ["—", "—"])
         lines.append("| " + " | ".join([method, _fmt(result["chance_accuracy"]), *cells]) + " |")
         notes += [f"- {method}, {line}" for line in describe_ignored(use, result["chance_accuracy"])]
     return lines + ([""] + notes if notes else [])

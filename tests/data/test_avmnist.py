@@ -173,3 +173,14 @@ def test_build_dataset_keeps_the_modalities_it_has(tmp_path: Path) -> None:
             DataConfig(dataset="avmnist", root=tmp_path, valid_start=7, modalities=["text"]),
             "test",
         )
+
+
+def test_a_saved_avmnist_config_loads_again(tmp_path: Path) -> None:
+    """A checkpoint stores every data key with its (default) value: that is not a user setting
+    options that do not apply."""
+    from mmfurnace.config import RunConfig
+    from mmfurnace.typed_config import parse
+
+    cfg = load_run_config(None, ["data.dataset=avmnist", "data.valid_start=7", "data.image.mean=[0.2]"])
+    again = parse(RunConfig, cfg.model_dump(mode="json"), source="meta.json")
+    assert again.data == cfg.data
