@@ -22,4 +22,4 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     """Load ``path`` (or the defaults when None), apply ``key.path=value`` overrides, validate."""
     raw = load_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
-    return parse(RunConfig, raw, source=str(path) if path else "config")
+    return parse(RunConfig, raw, source=str(path) if path else "config", overrides=overrides)

@@ -21,6 +21,15 @@ M = TypeVar("M", bound="StrictModel")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+class FieldError(ValueError):
+    """Raised by a model validator about one field below the model: ``loc`` is that field's
+    path relative to the model, so the error names it (``data.audio.n_mfcc``), not the model."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class StrictModel(BaseModel):
     """Base for config sections: unknown keys are rejected, assignments are re-validated."""
 
@@ -68,23 +77,60 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def parse(model: type[M], raw: dict[str, Any], *, source: str = "config") -> M:
-    """Validate ``raw`` into ``model``; raise ConfigError listing every bad key with allowed values."""
+def parse(
+    model: type[M],
+    raw: dict[str, Any],
+    *,
+    source: str = "config",
+    overrides: list[str] | None = None,
+) -> M:
+    """Validate ``raw`` into ``model``; raise ConfigError listing every bad key with allowed values.
+
+    ``overrides`` are the ``key=value`` items already applied to ``raw``: a bad key that one
+    of them set is blamed on it (``[set by override 'train.epoch=3']``), not on ``source``.
+    """
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        lines = [_describe(model, e) for e in err.errors()]
-        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines)) from None
+        lines = [_describe(model, e, overrides or []) for e in err.errors()]
+        from_overrides = [_OVERRIDE_MARK in line for line in lines]
+        if all(from_overrides):
+            what = "invalid override" if len(lines) == 1 else "invalid overrides"
+        elif any(from_overrides):
+            what = "invalid config and overrides"
+            lines = [ln if o else f"{ln} [in {source}]" for ln, o in zip(lines, from_overrides, strict=True)]
+        else:
+            what = "invalid config"
+        raise ConfigError(f"{source}: {what}\n  " + "\n  ".join(lines)) from None
 
 
-def _describe(model: type[BaseModel], error: dict[str, Any]) -> str:
-    loc = [str(p) for p in error["loc"]]
+def _describe(model: type[BaseModel], error: dict[str, Any], overrides: list[str]) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):
+        loc += cause.loc
     key = ".".join(loc) or "<root>"
+    origin = _origin(loc, overrides)
     if error["type"] == "extra_forbidden":
         allowed = _fields_at(model, error["loc"][:-1])
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
-        return f"{key}: unknown key{hint}"
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+        return f"{key}: unknown key{hint}{origin}"
+    if isinstance(cause, FieldError):
+        return f"{key}: {cause}{origin}"
+    return f"{key}: {error['msg']} (got {error.get('input')!r}){origin}"
+
+
+_OVERRIDE_MARK = " [set by override "
+
+
+def _origin(loc: tuple[str, ...], overrides: list[str]) -> str:
+    """`` [set by override 'k=v']`` when the last override setting ``loc`` (or a section
+    above it) is one of ``overrides``; else nothing: the error is the source's."""
+    for item in reversed(overrides):
+        path = tuple(p.strip() for p in item.partition("=")[0].strip().split("."))
+        if loc[: len(path)] == path:
+            return f"{_OVERRIDE_MARK}{item!r}]"
+    return ""
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -64,3 +64,31 @@ def test_bad_yaml_file_is_named(tmp_path):
 def test_override_without_equals_is_rejected():
     with pytest.raises(ConfigError, match="key.path=value"):
         apply_overrides({}, ["train.epochs"])
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_the_file(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(REPO / "configs/default.yaml", ["train.epoch=3"])
+    message = str(err.value)
+    assert "default.yaml: invalid override\n" in message
+    assert "train.epoch: unknown key" in message
+    assert message.endswith("[set by override 'train.epoch=3']")
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_config(bad, ["train.lr=-1"])
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{bad}: invalid config and overrides"
+    assert any(ln.startswith("  train.lr:") and ln.endswith("[set by override 'train.lr=-1']") for ln in lines)
+    assert any(ln.startswith("  train.epochz: unknown key") and ln.endswith(f"[in {bad}]") for ln in lines)
+
+    with pytest.raises(ConfigError) as err:  # the file alone: no override blamed
+        load_run_config(bad)
+    assert str(err.value).startswith(f"{bad}: invalid config\n")
+    assert "[set by override" not in str(err.value)
+
+
+def test_a_section_override_is_blamed_for_the_keys_below_it():
+    with pytest.raises(ConfigError, match=r"train\.epoch: unknown key.*\[set by override 'train=\{epoch: 3\}'\]"):
+        load_run_config(None, ["train={epoch: 3}"])

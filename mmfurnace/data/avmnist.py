@@ -7,10 +7,21 @@
     root/train_labels.npy       (60000,)          digit 0..9
     root/test_labels.npy        (10000,)
 
-Splits follow MultiBench's ``get_dataloader``: train = train rows ``[0, VALID_START)``,
-valid = train rows ``[VALID_START, end)``, test = all test rows. Like MultiBench (its
-``normalize_image``/``normalize_audio`` defaults), both modalities are divided by 255 whether
-stored as uint8 or float. Images of shape (N, 28, 28) are accepted too.
+Splits follow MultiBench's ``get_dataloader``: train = train rows ``[0, valid_start)``,
+valid = train rows ``[valid_start, end)``, test = all test rows. ``valid_start`` is MultiBench's
+55,000 unless the files carry a ``layout.json`` (written by
+:func:`mmfurnace.data.avmnist_write.packed_to_avmnist`) that records another, or it is given
+(``data.valid_start``). Images of shape (N, 28, 28) are accepted too.
+
+Scaling. Images: ``(x / 255 - mean) / std`` (``data.image.mean/std``; 0 and 1 give
+MultiBench's plain ``x / 255``). Audio: ``x / 255``, then each of the 112 mel bands is
+standardised with the mean and std of that band over (a fixed sample of) the train rows
+(``audio_norm="bands"``, the default; ``"none"`` keeps MultiBench's plain ``x / 255``). Why:
+a 0..255 spectrogram whose silence is 0 puts every value on one side of zero with a large
+shared offset; mmfurnace's encoders normalise each position over its channels (no batch
+statistics, so padding and absent rows cannot leak), which cannot remove a per-channel
+offset the way MultiBench's BatchNorm does, and the audio branch then learned nothing
+(chance after 20 epochs alone; README, AV-MNIST).
 
 Samples: image (1, 28, 28) float32, audio (112, 112) float32 as (frames, features), label ()
 int64. Arrays are memory-mapped, opened lazily in each worker process.
@@ -18,9 +29,11 @@ int64. Arrays are memory-mapped, opened lazily in each worker process.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,6 +49,9 @@ IMAGE_SIDE = 28
 AUDIO_SHAPE = (112, 112)
 AVMNIST_MODALITIES = ("audio", "image")
 SPLITS = ("train", "valid", "test")
+LAYOUT_FILE = "layout.json"
+STATS_ROWS = 4096  # train rows (evenly spaced) that the audio band statistics are taken from
+AudioNorm = Literal["bands", "none"]
 
 
 def avmnist_files(root: Path, part: str) -> dict[str, Path]:
@@ -87,8 +103,9 @@ def _check_shapes(files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None
 class AVMNIST(Dataset):
     """One split of AV-MNIST from MultiBench's .npy files (see module docstring).
 
-    ``valid_start`` moves the train/valid boundary (tests use tiny files). ``modalities``
-    restricts which of ("audio", "image") samples carry.
+    ``valid_start`` moves the train/valid boundary (None: the files' ``layout.json``, else
+    55,000). ``modalities`` restricts which of ("audio", "image") samples carry.
+    ``image_mean``/``image_std`` and ``audio_norm`` set the scaling (module docstring).
     """
 
     def __init__(
@@ -96,8 +113,11 @@ class AVMNIST(Dataset):
         root: Path,
         split: str,
         *,
-        valid_start: int = VALID_START,
+        valid_start: int | None = None,
         modalities: Sequence[str] = AVMNIST_MODALITIES,
+        image_mean: float = 0.5,
+        image_std: float = 0.5,
+        audio_norm: AudioNorm = "bands",
     ) -> None:
         if split not in SPLITS:
             raise InputError(f"AV-MNIST split {split!r}; use one of {', '.join(SPLITS)}")
@@ -113,15 +133,32 @@ class AVMNIST(Dataset):
         arrays = {k: _open(p) for k, p in self.files.items()}
         _check_shapes(self.files, arrays)
         n = arrays["image"].shape[0]
+        valid_start = default_valid_start(self.root) if valid_start is None else valid_start
+        train_images = avmnist_files(self.root, "train")["image"]
+        if split != "test" or (train_images.is_file() and "audio" in self.modalities):
+            # the test split needs the train files too, for the audio band statistics
+            n_train = n if split != "test" else _open(train_images).shape[0]
+            if not 0 < valid_start < n_train:
+                raise InputError(
+                    f"{train_images}: {n_train} training rows, so the valid split cannot start "
+                    f"at row {valid_start}; set data.valid_start (AVMNIST(valid_start=...)) to "
+                    f"the first validation row, between 1 and {n_train - 1}"
+                )
+        self.valid_start = valid_start
         if split == "test":
             self._start, self._stop = 0, n
         else:
-            if not 0 < valid_start < n:
-                raise InputError(
-                    f"{self.files['image']}: {n} training rows, so the valid split cannot "
-                    f"start at row {valid_start}"
-                )
             self._start, self._stop = (0, valid_start) if split == "train" else (valid_start, n)
+        if image_std <= 0:
+            raise InputError(f"AV-MNIST image_std must be positive, got {image_std}")
+        if audio_norm not in ("bands", "none"):
+            raise InputError(f"AV-MNIST audio_norm {audio_norm!r}; use 'bands' or 'none'")
+        self.image_mean, self.image_std, self.audio_norm = image_mean, image_std, audio_norm
+        self._band_stats = (
+            band_stats(self.root, valid_start)
+            if audio_norm == "bands" and "audio" in self.modalities
+            else None
+        )
         # Labels are small: read this split's once instead of through the map every item.
         self._labels = (
             np.asarray(arrays["label"]).reshape(-1)[self._start : self._stop].astype(np.int64)
@@ -141,7 +178,9 @@ class AVMNIST(Dataset):
             class_names=tuple(str(d) for d in range(NUM_CLASSES)),
             input_shapes={m: shapes[m] for m in self.modalities},
             input_dtypes={m: "float32" for m in self.modalities},
-            extra={"source": "avmnist", "root": str(self.root)},
+            extra={"source": "avmnist", "root": str(self.root), "valid_start": self.valid_start,
+                   "image_mean": self.image_mean, "image_std": self.image_std,
+                   "audio_norm": self.audio_norm},
         )
 
     def __len__(self) -> int:
@@ -155,11 +194,14 @@ class AVMNIST(Dataset):
         inputs: dict[str, torch.Tensor] = {}
         if "image" in arrays:
             pixels = np.asarray(arrays["image"][row], dtype=np.float32) / 255.0
+            pixels = (pixels - self.image_mean) / self.image_std
             inputs["image"] = torch.from_numpy(pixels.reshape(1, IMAGE_SIDE, IMAGE_SIDE))
         if "audio" in arrays:
-            inputs["audio"] = torch.from_numpy(
-                np.asarray(arrays["audio"][row], dtype=np.float32) / 255.0
-            )
+            audio = np.asarray(arrays["audio"][row], dtype=np.float32) / 255.0
+            if self._band_stats is not None:
+                mean, std = self._band_stats
+                audio = (audio - mean) / std
+            inputs["audio"] = torch.from_numpy(audio)
         label = torch.tensor(int(self._labels[i]), dtype=torch.int64)
         return Sample(inputs=inputs, label=label, meta={"id": f"{self.split}{row}"})
 
@@ -173,3 +215,43 @@ class AVMNIST(Dataset):
         state = dict(self.__dict__)
         state["_arrays"] = None
         return state
+
+
+def default_valid_start(root: Path) -> int:
+    """The first valid row recorded in ``root/layout.json`` (files written by mmfurnace), else
+    MultiBench's 55,000."""
+    layout = Path(root) / LAYOUT_FILE
+    if layout.is_file():
+        try:
+            return int(json.loads(layout.read_text())["valid_start"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{layout}: unreadable ({err}); fix or delete it") from None
+    return VALID_START
+
+
+def band_stats(root: Path, valid_start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std (each (112,) float32, of ``x / 255``) over the frames of up to
+    ``STATS_ROWS`` evenly spaced train rows ``[0, valid_start)``. Cached per file version."""
+    path = avmnist_files(Path(root), "train")["audio"]
+    stat = path.stat()
+    return _band_stats(str(path.resolve()), stat.st_mtime_ns, stat.st_size, valid_start)
+
+
+@functools.lru_cache(maxsize=8)
+def _band_stats(
+    path: str, mtime_ns: int, size: int, valid_start: int
+) -> tuple[np.ndarray, np.ndarray]:
+    audio = _open(Path(path))
+    rows = np.unique(np.linspace(0, valid_start - 1, min(valid_start, STATS_ROWS)).astype(np.int64))
+    total = np.zeros(AUDIO_SHAPE[1], dtype=np.float64)
+    squares = np.zeros(AUDIO_SHAPE[1], dtype=np.float64)
+    for chunk in np.array_split(rows, max(1, len(rows) // 512)):
+        x = np.asarray(audio[chunk], dtype=np.float64).reshape(-1, AUDIO_SHAPE[1]) / 255.0
+        total += x.sum(0)
+        squares += np.square(x).sum(0)
+    count = len(rows) * AUDIO_SHAPE[0]
+    mean = total / count
+    # A band that never varies (e.g. always silent) is only centred, never blown up.
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    std = np.where(std > 1e-3, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)

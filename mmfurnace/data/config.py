@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from mmfurnace.modalities import Modality
-from mmfurnace.typed_config import StrictModel
+from mmfurnace.typed_config import FieldError, StrictModel
 
 
 class ImagePrepConfig(StrictModel):
@@ -59,6 +59,11 @@ class DataConfig(StrictModel):
     image: ImagePrepConfig = Field(default_factory=ImagePrepConfig)
     audio: AudioPrepConfig = Field(default_factory=AudioPrepConfig)
     text: TextPrepConfig = Field(default_factory=TextPrepConfig)
+    valid_start: int | None = Field(
+        None, gt=0, description="avmnist: first row of the train files that is validation "
+        "(default: the row mmfurnace's writer recorded in layout.json, else MultiBench's 55,000)"
+    )
+
 
     @field_validator("dataset")
     @classmethod
@@ -68,3 +73,54 @@ class DataConfig(StrictModel):
 
         DATASETS[name]  # raises ConfigError (a ValueError) listing the known names
         return name
+
+    @model_validator(mode="after")
+    def _options_the_dataset_reads(self) -> DataConfig:
+        # Published layouts ship preprocessed arrays: a preprocessing option they cannot apply
+        # is an error, not a silent no-op.
+        if self.valid_start is not None and self.dataset != "avmnist":
+            raise FieldError(
+                ("valid_start",),
+                f"applies to dataset 'avmnist' only; {self.dataset!r} has its own valid split",
+            )
+        honoured = FIXED_LAYOUT_OPTIONS.get(self.dataset)
+        if honoured is None:
+            return self
+        for section in ("image", "audio", "text"):
+            prep = getattr(self, section)
+            defaults = type(prep)()
+            # Values, not "was it set": a saved config lists every key with its value.
+            changed = [k for k in type(prep).model_fields if getattr(prep, k) != getattr(defaults, k)]
+            ignored = sorted(
+                key for key in changed
+                if key not in honoured.get(section, {})
+                or honoured[section][key] not in (None, _plain(getattr(prep, key)))
+            )
+            if ignored:
+                raise FieldError(
+                    (section, ignored[0]),
+                    f"dataset {self.dataset!r} ships preprocessed {section} arrays, so this "
+                    f"option does not apply ({_applies(honoured.get(section, {}))})",
+                )
+        return self
+
+
+# Preprocessing options each published-layout reader honours: option -> None (any value) or
+# the only value that describes its arrays. Any other option moved off its default is rejected.
+FIXED_LAYOUT_OPTIONS: dict[str, dict[str, dict[str, object]]] = {
+    "avmnist": {"image": {"mean": None, "std": None, "size": (28, 28), "channels": 1}},
+    "mmimdb": {},
+}
+
+
+def _plain(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _applies(options: dict[str, object]) -> str:
+    if not options:
+        return "none does"
+    return "those that do: " + ", ".join(
+        k if v is None else f"{k} = {list(v) if isinstance(v, tuple) else v}"
+        for k, v in options.items()
+    )

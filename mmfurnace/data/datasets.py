@@ -61,7 +61,14 @@ for _builtin in ("digits-av", "fsdd-mnist", "tuxpaint"):
 
 @DATASETS.register("avmnist")
 def _avmnist(cfg: DataConfig, split: str) -> Dataset:
-    return AVMNIST(cfg.root, split, modalities=_keep(cfg, AVMNIST_MODALITIES))
+    return AVMNIST(
+        cfg.root,
+        split,
+        valid_start=cfg.valid_start,
+        modalities=_keep(cfg, AVMNIST_MODALITIES),
+        image_mean=cfg.image.mean[0],
+        image_std=cfg.image.std[0],
+    )
 
 
 @DATASETS.register("mmimdb")

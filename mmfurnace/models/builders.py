@@ -34,7 +34,8 @@ def build_encoder(modality: str, cfg: EncoderConfig, info: DatasetInfo) -> nn.Mo
         "input_shape": tuple(info.input_shapes[modality]),
         "input_dtype": info.input_dtypes.get(modality, "float32"),
         "vocab_size": info.vocab_size,
-        **cfg.settings(),
+        # layers/channels left unset (None): each builder has its own default
+        **{k: v for k, v in cfg.settings().items() if v is not None or k not in ("layers", "channels")},
     }
     taken = settings_taken(builder, offered)
     try:

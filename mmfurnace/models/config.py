@@ -15,7 +15,9 @@ from mmfurnace.modalities import Modality
 from mmfurnace.models.registry import ENCODERS, FUSIONS
 from mmfurnace.typed_config import StrictModel
 
-DEFAULT_ENCODERS: dict[str, str] = {"audio": "cnn1d", "image": "lenet", "text": "transformer"}
+# "auto" for audio: cnn1d over variable-length feature frames (MFCC, log-mel), lenet over a
+# fixed-size spectrogram image (AV-MNIST's 112x112): see encoders/auto.py.
+DEFAULT_ENCODERS: dict[str, str] = {"audio": "auto", "image": "lenet", "text": "transformer"}
 
 
 _NOT_FOR_BUILDERS = ("name", "freeze", "unfreeze_top")
@@ -24,12 +26,16 @@ _NOT_FOR_BUILDERS = ("name", "freeze", "unfreeze_top")
 class EncoderConfig(StrictModel):
     name: str
     dim: int = Field(64, gt=0)
-    layers: int = Field(2, ge=1)
+    layers: int | None = Field(
+        2, ge=1, description="blocks / layers; null: the encoder's default for its input "
+        "(lenet over a spectrogram: enough blocks to bring its frames down to 2)"
+    )
     heads: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    channels: int = Field(
+    channels: int | None = Field(
         16, gt=0, description="first conv width of the CNN encoders (lenet, resnet, cnn2d); "
-        "each later block doubles it"
+        "each later block doubles it. null: the encoder's default for its input (lenet over "
+        "a spectrogram: 6, MultiBench's AV-MNIST audio LeNet)"
     )
     path: Path | None = None  # local model folder, for name "hf" (and "minilm": a copy of it)
     freeze: bool = Field(
@@ -40,6 +46,15 @@ class EncoderConfig(StrictModel):
         0, ge=0, description="with freeze: keep the encoder's last N blocks trainable "
         "(fine-tuning the top of a pretrained backbone)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_sizes_follow_the_input(cls, raw: Any) -> Any:
+        # "auto" picks the encoder from the input's form, so its sizes default to that
+        # encoder's own defaults for that input rather than to one fixed number.
+        if isinstance(raw, dict) and raw.get("name") == "auto":
+            raw = {"layers": None, "channels": None, **raw}
+        return raw
 
     @field_validator("name")
     @classmethod

@@ -61,6 +61,37 @@ class NamedSequential(nn.Sequential):
                 state_dict[f"{prefix}{name}.{key[len(old):]}"] = state_dict.pop(key)
 
 
+class MaskedInstanceNorm(nn.Module):
+    """Per sample and channel: normalise a (batch, channels, frames, features) map over its
+    real frames (``mask`` (batch, frames) True = real), with a learned per-channel affine.
+
+    Why not :class:`ChannelNorm` on spectrogram maps: a LayerNorm over a handful of channels
+    at each position throws away most of what those few numbers say (with 6 channels, 2 of
+    their 6 degrees of freedom) and cannot remove a per-channel offset that an uncentred
+    input puts in every position. A LeNet over AV-MNIST spectrograms with it stayed at
+    chance; with this norm it learned like MultiBench's BatchNorm one (README, AV-MNIST).
+    Unlike BatchNorm it uses no batch statistics, so other rows, padded frames and absent
+    rows (all frames padding) cannot change a real row's output. A row with no real frame
+    gives zeros times the scale plus the shift (finite)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None or bool(mask.all()):
+            # every frame real: one fused kernel (also what ONNX export sees for full inputs)
+            return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+        m = mask[:, None, :, None].to(x.dtype)
+        count = (m.sum(dim=(2, 3), keepdim=True) * x.shape[3]).clamp(min=1)
+        mean = (x * m).sum(dim=(2, 3), keepdim=True) / count
+        var = ((x - mean) * m).pow(2).sum(dim=(2, 3), keepdim=True) / count
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
 def run_block(block: nn.Module, *args: Tensor | None, checkpointing: bool) -> Any:
     """Call ``block(*args)``, recomputing its activations in backward when ``checkpointing``."""
     if checkpointing and torch.is_grad_enabled():

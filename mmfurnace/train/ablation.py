@@ -326,7 +326,7 @@ def _variant_config(
     overrides = [item.replace("{seed}", str(seed)) for item in variant.overrides]
     try:
         return parse(RunConfig, apply_overrides(raw, overrides),
-                     source=f"{source} + variant {variant.name}"), None
+                     source=f"{source} + variant {variant.name}", overrides=overrides), None
     except ConfigError as err:
         return None, f"ConfigError: {err}"
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmfurnace.modalities import Modality
-from mmfurnace.typed_config import StrictModel
+from mmfurnace.typed_config import FieldError, StrictModel
 
 
 class TrainConfig(StrictModel):
     epochs: int = Field(15, gt=0)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
+    warmup_epochs: float | None = Field(
+        None, ge=0, description="linear warmup length in epochs; None: a tenth of the run, at "
+        "most one epoch (so a 1-epoch run warms up for 10% of its steps, then decays)"
+    )
     alpha: float = Field(0.1, ge=0, description="weight of the cross-modal consistency term")
     beta: float = Field(1e-4, ge=0, description="weight of the modality-specific L2 term")
     consistency: Literal["mse", "infonce"] = "mse"
@@ -52,3 +55,14 @@ class TrainConfig(StrictModel):
     )
     out_dir: Path = Path("runs/default")
     log_every: int = Field(20, gt=0)
+
+    @model_validator(mode="after")
+    def _warmup_ends_before_the_run(self) -> TrainConfig:
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
+            raise FieldError(
+                ("warmup_epochs",),
+                f"{self.warmup_epochs:g} epochs of warmup cover the whole run (epochs "
+                f"{self.epochs}): the learning rate would never reach its peak and decay; "
+                "set a shorter warmup, or leave it unset for a tenth of the run",
+            )
+        return self

@@ -105,16 +105,24 @@ def total_loss(
     """``task + alpha * consistency + beta * regularizer``; every part returned for logging.
 
     ``consistency`` is "mse" (:func:`consistency_mse`) or "infonce" (:func:`consistency_infonce`).
+    A term whose weight is 0 is not computed (it is an exact, detached 0 in the parts): it
+    could not change the total or any gradient.
     """
     task = task_loss(logits, labels, multilabel=multilabel)
-    if consistency == "mse":
-        cons = consistency_mse(projected, present)
-    elif consistency == "infonce":
-        cons = consistency_infonce(projected, present, temperature)
-    else:
-        raise AssertionError(f"unknown consistency loss {consistency!r}")  # config validates this
-    reg = modality_l2(embeddings, present)
-    return LossParts(task + alpha * cons + beta * reg, task, cons, reg)
+    total = task
+    cons = reg = torch.zeros((), device=task.device)
+    if alpha != 0:
+        if consistency == "mse":
+            cons = consistency_mse(projected, present)
+        elif consistency == "infonce":
+            cons = consistency_infonce(projected, present, temperature)
+        else:
+            raise AssertionError(f"unknown consistency loss {consistency!r}")  # config validates
+        total = total + alpha * cons
+    if beta != 0:
+        reg = modality_l2(embeddings, present)
+        total = total + beta * reg
+    return LossParts(total, task, cons, reg)
 
 
 LossFn = Callable[[Any, Any, dict[str, Tensor]], Any]  # (model output, batch, present) -> loss

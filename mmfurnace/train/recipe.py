@@ -69,7 +69,7 @@ from mmfurnace.train.evaluate import evaluate
 from mmfurnace.train.logging import ProgressBar, RunLogger
 from mmfurnace.train.losses import LossFn, LossParts, drop_modalities, training_loss
 from mmfurnace.train.precision import autocast, check_precision, make_scaler
-from mmfurnace.train.schedule import build_optimizer, warmup_cosine
+from mmfurnace.train.schedule import build_optimizer, warmup_cosine, warmup_steps_for
 
 if TYPE_CHECKING:
     from mmfurnace.config import RunConfig
@@ -182,7 +182,8 @@ def _train(
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(
         optimizer,
-        warmup_steps=round(tc.warmup_epochs * steps_per_epoch),
+        warmup_steps=warmup_steps_for(tc.warmup_epochs, steps_per_epoch=steps_per_epoch,
+                                      epochs=tc.epochs),
         total_steps=tc.epochs * steps_per_epoch,
     )
     scaler = make_scaler(tc.precision, device)

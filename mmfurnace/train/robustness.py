@@ -63,6 +63,7 @@ from mmfurnace.errors import InputError
 from mmfurnace.modalities import MODALITIES
 from mmfurnace.registry import Registry
 from mmfurnace.train import plots
+from mmfurnace.train.modality_use import describe_ignored, modality_use
 
 UNK_ID = SPECIAL_TOKENS.index("[UNK]")
 DEFAULT_LEVELS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -476,7 +477,14 @@ def evaluate_robustness(
         {"levels": [...], "seed": int, "clean_accuracy": float,
          "curves": {"image:gaussian": {"modality", "corruption", "accuracy": [per level],
                                        "auc", "relative_robustness"}, ...},
-         "removal": {"image": accuracy with image absent from every sample, ...}}
+         "removal": {"image": accuracy with image absent from every sample, ...},
+         "chance_accuracy": accuracy with every modality absent,
+         "modality_use": {"image": {"alone", "shuffled", "without", "gain_alone",
+                                    "loss_shuffled", "ignored"}, ...}}
+
+    A modality the model ignores (:mod:`mmfurnace.train.modality_use`: alone it is no better
+    than chance and another row's content of it costs nothing) gets ``"ignored": True`` on its
+    curves and no relative robustness (None): an unused input is not a robust one.
     """
     modalities = sorted(modalities)
     if corruptions is None:
@@ -498,7 +506,55 @@ def evaluate_robustness(
             entry["relative_robustness"] = relative_robustness(curve, clean) if clean > 0 else None
         curves[f"{modality}:{corruption}"] = entry
     removal = {m: _accuracy(model, loader, device, _remover(m)) for m in modalities}
-    return {"levels": levels, "seed": seed, "clean_accuracy": clean, "curves": curves, "removal": removal}
+    result = {"levels": levels, "seed": seed, "clean_accuracy": clean, "curves": curves,
+              "removal": removal}
+    if len(modalities) > 1:
+        result.update(_flag_ignored(model, loader, device, modalities, clean, removal, curves))
+    return result
+
+
+def _flag_ignored(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    device: torch.device | str,
+    modalities: list[str],
+    clean: float,
+    removal: dict[str, float],
+    curves: dict[str, Any],
+) -> dict[str, Any]:
+    """Chance and single-modality accuracies; marks the curves of ignored modalities."""
+    chance = _accuracy(model, loader, device, _keeper([], modalities))
+    alone = {m: _accuracy(model, loader, device, _keeper([m], modalities)) for m in modalities}
+    shuffled = {m: _accuracy(model, loader, device, _roller(m)) for m in modalities}
+    use = modality_use(clean, chance, alone, shuffled, removal)
+    for entry in curves.values():
+        if use[entry["modality"]]["ignored"]:
+            entry["ignored"] = True
+            entry["relative_robustness"] = None
+    return {"chance_accuracy": chance, "modality_use": use}
+
+
+def _roller(modality: str) -> Callable[[Batch], Batch]:
+    """Each row gets the next row's ``modality`` (input, padding, presence); the rest stays."""
+
+    def fn(batch: Batch) -> Batch:
+        out = _copy(batch)
+        for part in (out.inputs, out.padding, out.present):
+            if modality in part:
+                part[modality] = torch.roll(part[modality], 1, dims=0)
+        return out
+
+    return fn
+
+
+def _keeper(keep: list[str], modalities: list[str]) -> Callable[[Batch], Batch]:
+    def fn(batch: Batch) -> Batch:
+        for m in modalities:
+            if m not in keep:
+                batch = remove_modality(batch, m)
+        return batch
+
+    return fn
 
 
 def _remover(modality: str) -> Callable[[Batch], Batch]:
@@ -581,7 +637,8 @@ def _markdown(results: dict[str, dict[str, Any]], effective: dict[str, dict[str,
                 row = [method, entry["modality"], entry["corruption"]]
                 row += [_fmt(results[method]["clean_accuracy"])]
                 row += [_fmt(a) for a in entry["accuracy"]]
-                row += [_fmt(entry.get("auc")), _fmt(entry.get("relative_robustness"))]
+                score = "ignored" if entry.get("ignored") else _fmt(entry.get("relative_robustness"))
+                row += [_fmt(entry.get("auc")), score]
                 if baseline:
                     row.append(_fmt(effective.get(method, {}).get(key)))
                 lines.append("| " + " | ".join(row) + " |")
@@ -594,4 +651,29 @@ def _markdown(results: dict[str, dict[str, Any]], effective: dict[str, dict[str,
         row = [method, _fmt(result["clean_accuracy"])]
         row += [_fmt(result["removal"].get(m)) for m in modalities]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _use_lines(results, modalities)) + "\n"
+
+
+def _use_lines(results: dict[str, dict[str, Any]], modalities: list[str]) -> list[str]:
+    """The single-modality table and a line per ignored modality (multimodal methods only)."""
+    rows = {k: r for k, r in results.items() if "modality_use" in r}
+    if not rows:
+        return []
+    lines = ["", "## Is each modality used at all?", "",
+             "Accuracy with only that modality, and with every row given another row's content of "
+             "it. A modality that alone is no better than the model with no input and whose content "
+             "is worth nothing is *ignored*: its curves above get no robustness score.", ""]
+    header = ["method", "no modality (chance)"]
+    header += [f"{m} {what}" for m in modalities for what in ("alone", "of another row")]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for method, result in rows.items():
+        use = result["modality_use"]
+        cells = []
+        for m in modalities:
+            flag = " (ignored)" if m in use and use[m]["ignored"] else ""
+            cells += ([_fmt(use[m]["alone"]) + flag, _fmt(use[m]["shuffled"])]
+                      if m in use else ["—", "—"])
+        lines.append("| " + " | ".join([method, _fmt(result["chance_accuracy"]), *cells]) + " |")
+        notes += [f"- {method}, {line}" for line in describe_ignored(use, result["chance_accuracy"])]
+    return lines + ([""] + notes if notes else [])

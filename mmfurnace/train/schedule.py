@@ -22,6 +22,18 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> Adam
     return AdamW([g for g in groups if g["params"]], lr=lr)
 
 
+AUTO_WARMUP_SHARE = 0.1  # of the run's steps, when warmup is not set; at most one epoch
+
+
+def warmup_steps_for(warmup_epochs: float | None, *, steps_per_epoch: int, epochs: int) -> int:
+    """Warmup length in optimiser steps: ``warmup_epochs`` epochs, or (None) a tenth of the
+    run capped at one epoch. A fixed one-epoch default spent a whole 1-epoch run ramping up
+    and never decayed; a tenth keeps long runs at one epoch and short ones mostly decaying."""
+    if warmup_epochs is not None:
+        return round(warmup_epochs * steps_per_epoch)
+    return min(steps_per_epoch, round(AUTO_WARMUP_SHARE * epochs * steps_per_epoch))
+
+
 def warmup_cosine_factor(
     step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
 ) -> float:

@@ -18,11 +18,36 @@ def test_defaults() -> None:
     cfg = ModelConfig()
     assert cfg.fusion == "cross_attention"
     assert {m: e.name for m, e in cfg.encoders.items()} == {
-        "audio": "cnn1d",
+        "audio": "auto",
         "image": "lenet",
         "text": "transformer",
     }
     assert (cfg.hidden_dim, cfg.proj_dim, cfg.rank) == (64, 32, 4)
+
+
+def test_auto_audio_encoder_follows_the_audio_form() -> None:
+    """MFCC frames of varying length -> cnn1d (2 blocks); a fixed 112x112 spectrogram ->
+    MultiBench's LeNet shape (6 channels, 5 blocks); set sizes are honoured."""
+    from mmfurnace.models.builders import build_encoder
+    from mmfurnace.models.encoders import CNN1dEncoder
+    from mmfurnace.models.encoders.lenet import SpectrogramLeNet
+
+    def info(shape: tuple) -> DatasetInfo:
+        return DatasetInfo(modalities=("audio",), num_classes=2, multilabel=False,
+                           class_names=("a", "b"), input_shapes={"audio": shape},
+                           input_dtypes={"audio": "float32"})
+
+    mfcc = build_encoder("audio", EncoderConfig(name="auto"), info((None, 20)))
+    assert isinstance(mfcc, CNN1dEncoder)
+    assert len(mfcc.blocks) == 2
+    spec = build_encoder("audio", EncoderConfig(name="auto"), info((112, 112)))
+    assert isinstance(spec, SpectrogramLeNet)
+    assert (spec.stem.conv.out_channels, len(spec.blocks)) == (6, 5)
+    assert spec.proj.in_features == 6 * 2**5  # 192, MultiBench's audio feature width
+    sized = build_encoder("audio", EncoderConfig(name="auto", channels=4, layers=2), info((112, 112)))
+    assert (sized.stem.conv.out_channels, len(sized.blocks)) == (4, 2)
+    with pytest.raises(ConfigError, match="encoder 'auto' is for audio"):
+        build_encoder("audio", EncoderConfig(name="auto"), info((1, 28, 28)))
 
 
 def test_unknown_fusion_lists_known_names_and_names_the_field() -> None:
@@ -39,7 +64,7 @@ def test_unknown_fusion_lists_known_names_and_names_the_field() -> None:
 
 def test_unknown_encoder_name_is_rejected() -> None:
     with pytest.raises(
-        ConfigError, match=r"model\.encoders\.image\.name: .*known: cnn1d, cnn2d, .*hf, lenet, .*transformer"
+        ConfigError, match=r"model\.encoders\.image\.name: .*known: auto, cnn1d, cnn2d, .*hf, lenet, .*transformer"
     ):
         parse(RunConfig, {"model": {"encoders": {"image": {"name": "vit"}}}})
 
@@ -65,7 +90,7 @@ def test_overriding_one_encoder_key_keeps_the_other_defaults() -> None:
     raw = apply_overrides({}, ["model.encoders.image.dim=128", "model.fusion=late"])
     cfg = parse(RunConfig, raw).model
     assert cfg.encoders["image"] == EncoderConfig(name="lenet", dim=128)
-    assert cfg.encoders["audio"].name == "cnn1d"
+    assert cfg.encoders["audio"].name == "auto"
     assert cfg.encoders["text"].name == "transformer"
     assert cfg.fusion == "late"
 

@@ -269,7 +269,20 @@ def test_evaluate_robustness_on_an_oracle():
     assert result["clean_accuracy"] == 1.0
     audio = result["curves"]["audio:white"]
     assert audio["accuracy"] == [1.0, 1.0, 1.0]
-    assert audio["relative_robustness"] == pytest.approx(1.0)
+    # the oracle never reads audio: noise on it changes nothing, and that is not robustness.
+    # Alone it is at the model's chance (1/3, class 0 for everything) and removing it costs 0.
+    assert audio["ignored"] is True
+    assert audio["relative_robustness"] is None
+    assert result["chance_accuracy"] == pytest.approx(1 / 3)
+    use = result["modality_use"]
+    assert use["audio"] == {"alone": pytest.approx(1 / 3), "shuffled": 1.0, "without": 1.0,
+                            "ignored": True, "gain_alone": pytest.approx(0.0),
+                            "loss_shuffled": pytest.approx(0.0)}
+    # the image is read: another row's image is another row's class (rows cycle 0, 1, 2)
+    assert use["image"]["shuffled"] == 0.0
+    assert use["image"]["alone"] == 1.0
+    assert use["image"]["ignored"] is False
+    assert "ignored" not in result["curves"]["image:missing"]
     # removing the image from half the rows of each batch of 6 (2 per class on average): the
     # oracle then answers class 0, right only for class-0 rows; at level 1 it is 1/3.
     missing = result["curves"]["image:missing"]["accuracy"]
@@ -331,6 +344,57 @@ def test_write_robustness_report(tmp_path):
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(InputError, match="baseline"):
         rb.write_robustness_report(results, tmp_path, baseline="nope")
+
+
+@pytest.mark.parametrize(
+    ("alone", "shuffled", "ignored"),
+    [
+        (0.12, 0.90, True),  # alone at chance, another row's content costs nothing: ignored
+        (0.40, 0.90, False),  # useful alone (the redundant case: its content is not needed here)
+        (0.12, 0.60, False),  # useless alone but its content matters: used in combination
+        (0.15, 0.86, True),  # within a tenth of the 0.8 margin on both sides
+    ],
+)
+def test_modality_use_tells_ignored_from_robust(alone, shuffled, ignored):
+    from mmfurnace.train.modality_use import modality_use
+
+    use = modality_use(0.90, 0.10, {"audio": alone, "image": 0.85}, {"audio": shuffled, "image": 0.2})
+    assert use["audio"]["ignored"] is ignored
+    assert use["image"]["ignored"] is False
+    assert modality_use(0.1, 0.1, {"a": 0.1}, {"a": 0.1})["a"]["ignored"]  # no margin: nothing used
+
+
+class BiasedByAbsentAudio(ImageOracle):
+    """Reads only the image, but an *absent* audio (never seen in training) shifts its
+    answer: removal costs accuracy although the audio's content is never read."""
+
+    def forward(self, inputs, present, padding=None) -> ClassifierOutput:
+        out = super().forward(inputs, present, padding)
+        if not bool(present["audio"].all()):
+            shifted = out.logits.roll(1, dims=1) * (~present["audio"]).float()[:, None]
+            logits = torch.where(present["audio"][:, None], out.logits, shifted)
+            return ClassifierOutput(logits, {}, {}, logits, None, None)
+        return out
+
+
+def test_removal_cost_from_an_unseen_absent_input_is_not_use():
+    result = rb.evaluate_robustness(BiasedByAbsentAudio(), oracle_loader(), "cpu",
+                                    modalities=["audio", "image"], corruptions=[("audio", "white")],
+                                    levels=(0.0, 1.0))
+    use = result["modality_use"]["audio"]
+    assert result["removal"]["audio"] < 0.5  # removing it hurts...
+    assert use["shuffled"] == 1.0  # ...but its content is never read
+    assert use["ignored"] is True
+    assert result["curves"]["audio:white"]["relative_robustness"] is None
+
+
+def test_report_marks_an_ignored_modality(tmp_path):
+    result = rb.evaluate_robustness(ImageOracle(), oracle_loader(), "cpu", modalities=["audio", "image"],
+                                    corruptions=[("audio", "white")], levels=(0.0, 1.0))
+    md = rb.write_robustness_report({"oracle": result}, tmp_path)["markdown"].read_text()
+    assert "| oracle | audio | white | 1.000 | 1.000 | 1.000 | 1.000 | ignored |" in md
+    assert "| oracle | 0.333 | 0.333 (ignored) | 1.000 | 1.000 | 0.000 |" in md
+    assert "- oracle, audio: ignored by the model: alone 0.333 vs chance 0.333, another row's audio costs +0.000" in md
 
 
 def test_removing_the_only_modality_still_evaluates():

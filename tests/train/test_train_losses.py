@@ -105,6 +105,43 @@ def test_total_loss_weights_the_terms():
     assert_close(parts.total, parts.task + 0.5 * 1.0 + 0.25 * 1.0)
 
 
+def test_zero_weight_terms_are_not_computed(monkeypatch: pytest.MonkeyPatch):
+    """alpha = beta = 0: neither term is evaluated (a NaN projection cannot reach the loss),
+    the total is the task loss with its gradient, and the skipped parts are exact zeros."""
+    import mmfurnace.train.losses as losses
+
+    def boom(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("a zero-weight term was computed")
+
+    for name in ("consistency_mse", "consistency_infonce", "modality_l2"):
+        monkeypatch.setattr(losses, name, boom)
+    logits = torch.randn(2, 3, requires_grad=True)
+    projected = {"a": torch.full((2, 2), float("nan")), "b": torch.ones(2, 2)}
+    present = {"a": mask(T, T), "b": mask(T, T)}
+    for consistency in ("mse", "infonce"):
+        parts = total_loss(logits, torch.tensor([0, 2]), projected=projected, embeddings=projected,
+                           present=present, multilabel=False, alpha=0.0, beta=0.0,
+                           consistency=consistency)
+        assert_close(parts.total, task_loss(logits, torch.tensor([0, 2]), multilabel=False))
+        assert parts.consistency.item() == 0.0
+        assert parts.regularizer.item() == 0.0
+    parts.total.backward()
+    assert logits.grad is not None
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_one_zero_weight_keeps_the_other_term():
+    logits = torch.zeros(2, 3)
+    projected = {"a": torch.tensor([[1.0, 0.0], [1.0, 0.0]]), "b": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}
+    embeddings = {"a": torch.ones(2, 2), "b": torch.zeros(2, 2)}
+    present = {"a": mask(T, T), "b": mask(T, T)}
+    parts = total_loss(logits, torch.tensor([0, 2]), projected=projected, embeddings=embeddings,
+                       present=present, multilabel=False, alpha=0.0, beta=0.25)
+    assert parts.consistency.item() == 0.0
+    assert_close(parts.regularizer, torch.tensor(1.0))
+    assert_close(parts.total, parts.task + 0.25)
+
+
 def test_losses_are_float32_under_bf16_inputs():
     logits = torch.zeros(2, 3, dtype=torch.bfloat16)
     projected = {"a": torch.randn(2, 4).bfloat16(), "b": torch.randn(2, 4).bfloat16()}

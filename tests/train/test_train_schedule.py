@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from mmfurnace.train.schedule import build_optimizer, warmup_cosine, warmup_cosine_factor
+from mmfurnace.config import load_run_config
+from mmfurnace.errors import ConfigError
+from mmfurnace.train.schedule import (
+    build_optimizer,
+    warmup_cosine,
+    warmup_cosine_factor,
+    warmup_steps_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -56,3 +63,32 @@ def test_no_weight_decay_on_biases_and_norms():
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(model[0].weight)}
     assert sum(len(g["params"]) for g in opt.param_groups) == 4
+
+
+@pytest.mark.parametrize(
+    ("warmup_epochs", "epochs", "expected"),
+    [
+        (None, 1, 138),  # a 1-epoch run: a tenth of it, then it decays for 90 % of the steps
+        (None, 5, 688),  # half an epoch (687.5 rounded)
+        (None, 15, 1375),  # long runs: capped at one epoch
+        (0.5, 2, 688),  # set: as set
+        (0.0, 1, 0),
+    ],
+)
+def test_warmup_length(warmup_epochs, epochs, expected):
+    assert warmup_steps_for(warmup_epochs, steps_per_epoch=1375, epochs=epochs) == expected
+
+
+def test_a_one_epoch_run_reaches_its_peak_and_decays():
+    total = 1375
+    warmup = warmup_steps_for(None, steps_per_epoch=total, epochs=1)
+    factors = [warmup_cosine_factor(s, warmup_steps=warmup, total_steps=total) for s in range(total)]
+    assert max(factors) == pytest.approx(1.0)
+    assert factors.index(max(factors)) < total // 5
+    assert factors[-1] < 0.01
+
+
+def test_a_warmup_as_long_as_the_run_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"train\.warmup_epochs: 1 epochs of warmup cover the whole run"):
+        load_run_config(None, ["train.epochs=1", "train.warmup_epochs=1"])
+    assert load_run_config(None, ["train.epochs=2", "train.warmup_epochs=1"]).train.warmup_epochs == 1

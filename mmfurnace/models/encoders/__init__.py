@@ -1,6 +1,7 @@
 """Encoders, one file per family. Importing this package registers them in ENCODERS."""
 
 from mmfurnace.models.encoders import (  # noqa: F401
+    auto,
     cnn1d,
     cnn2d,
     efficientnet_lite,
