@@ -62,7 +62,7 @@ from mmfurnace.threads import torch_threads
 from mmfurnace.train.distributed import read_env, resolve_device
 from mmfurnace.train.precision import make_scaler
 from mmfurnace.train.recipe import train_step
-from mmfurnace.train.schedule import build_optimizer, warmup_cosine
+from mmfurnace.train.schedule import build_optimizer, warmup_cosine, warmup_steps_for
 
 VARIANTS = ("plain", "mmfurnace")
 
@@ -236,7 +236,7 @@ def recipe_stepper(cfg: RunConfig, info: DatasetInfo, modalities: list[str], tra
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = warmup_cosine(
         optimizer,
-        warmup_steps=round(tc.warmup_epochs * steps_per_epoch),
+        warmup_steps=warmup_steps_for(tc.warmup_epochs, steps_per_epoch=steps_per_epoch, epochs=tc.epochs),
         total_steps=max(total_steps, 1),
     )
     scaler = make_scaler(tc.precision, device)

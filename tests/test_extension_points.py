@@ -114,7 +114,8 @@ def test_a_setting_the_encoder_does_not_take_is_a_config_error_at_parse_time():
     with pytest.raises(ConfigError, match=r"model\.encoders\.text.*'transformer' has no 'channels'.*takes"):
         load_run_config(None, ["model.encoders.text.channels=8"])
     with pytest.raises(ConfigError, match=r"model\.encoders\.audio.*'cnn1d' has no 'heads'"):
-        load_run_config(None, ["model.encoders.audio.heads=2"])
+        # named explicitly: the default audio encoder, "auto", picks its builder from the input
+        load_run_config(None, ["model.encoders.audio.name=cnn1d", "model.encoders.audio.heads=2"])
     cfg = load_run_config(None, ["model.encoders.image.channels=8", "model.encoders.text.heads=2"])
     assert cfg.model.encoders["image"].channels == 8
 

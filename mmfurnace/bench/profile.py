@@ -467,7 +467,7 @@ def profile_training(
     from mmfurnace.train.config import TrainConfig
     from mmfurnace.train.precision import check_precision, make_scaler
     from mmfurnace.train.recipe import train_step
-    from mmfurnace.train.schedule import build_optimizer, warmup_cosine
+    from mmfurnace.train.schedule import build_optimizer, warmup_cosine, warmup_steps_for
 
     tc = train if train is not None else TrainConfig()
     device = torch.device(device)
@@ -477,7 +477,8 @@ def profile_training(
     model.train()
     per_epoch = len(loader) if hasattr(loader, "__len__") else warmup + steps + profile_steps
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = warmup_cosine(optimizer, warmup_steps=round(tc.warmup_epochs * per_epoch),
+    scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps_for(
+        tc.warmup_epochs, steps_per_epoch=per_epoch, epochs=tc.epochs),
                               total_steps=max(tc.epochs * per_epoch, warmup + steps + profile_steps))
     scaler = make_scaler(tc.precision, device)
     dropout_rng = torch.Generator().manual_seed(tc.seed)
