@@ -92,16 +92,12 @@ def train_cmd(
     config: Annotated[Optional[Path], typer.Argument(help="YAML run config")] = None,  # noqa: UP045
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option(help="Continue exactly from <train.out_dir>/last")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
-    """Train a model (also under torchrun: `torchrun -m mmfurnace.train.recipe CONFIG ...`)."""
-    from mmfurnace.config import load_run_config
-    from mmfurnace.train.recipe import train
+    """Train a model (under torchrun: `torchrun --nproc_per_node N -m mmfurnace.train CONFIG ...`)."""
+    from mmfurnace.train.command import run_training
 
-    try:
-        result = train(load_run_config(config, overrides or []), resume=resume)
-    except MMFurnaceError as err:
-        _fail(err)
-    typer.echo(f"done: {result.out_dir}  test: {_short(result.test_metrics)}")
+    raise typer.Exit(run_training(config, overrides or [], resume=resume, progress=progress))
 
 
 @app.command("eval")
@@ -334,13 +330,6 @@ def serve_cmd(
             run_server(export_dir, cfg, host=host, port=port)
     except MMFurnaceError as err:
         _fail(err)
-
-
-def _short(metrics: dict | None) -> str:
-    if not metrics:
-        return "-"
-    keys = ("accuracy", "macro_f1", "micro_f1")
-    return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float))
 
 
 def main() -> None:  # pragma: no cover - console entry point

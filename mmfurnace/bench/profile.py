@@ -74,8 +74,8 @@ def profile_training(
     trained in place (pass a copy to keep its weights) and left in the mode it came in."""
     from mmfurnace.train.config import TrainConfig
     from mmfurnace.train.precision import check_precision, make_scaler
-    from mmfurnace.train.recipe import train_step
     from mmfurnace.train.schedule import build_optimizer, warmup_cosine, warmup_steps_for
+    from mmfurnace.train.step import train_step
 
     tc = train if train is not None else TrainConfig()
     device = torch.device(device)
