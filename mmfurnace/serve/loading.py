@@ -1,4 +1,5 @@
-"""Building an engine's parts from an export directory: its stages, tokenizer and shapes.
+"""Building an engine's parts from an export directory: its stages (or the worker pool of the
+fast path), tokenizer and shapes.
 
 Shared by :class:`~mmfurnace.serve.engine.InferenceEngine` and the Ray Serve deployments
 (:mod:`mmfurnace.serve.ray_app`), so both run the same stages from the same export.
@@ -16,7 +17,9 @@ from torch import nn
 from mmfurnace.errors import ConfigError
 from mmfurnace.export.spec import FULL_GRAPH, FUSION_GRAPH, ExportSpec, encoder_graph
 from mmfurnace.serve.config import AUTO, EAGER, ServeConfig, StageConfig
-from mmfurnace.serve.stages import EncoderShape, TorchStage, build_runtime_stage
+from mmfurnace.serve.preprocess import PreprocessSettings
+from mmfurnace.serve.stages import EncoderShape, TorchStage, build_runtime_stage, example_row
+from mmfurnace.serve.workers import WholeBatchWorkers, WorkerSpec
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -182,3 +185,28 @@ def encoder_shapes_from_spec(spec: ExportSpec) -> dict[str, EncoderShape]:
         steps = seq.shape[1] if isinstance(seq.shape[1], int) and not has_mask else None
         shapes[m] = EncoderShape(steps, int(seq.shape[2]), int(pooled.shape[1]), has_mask)
     return shapes
+
+
+def uses_workers(cfg: ServeConfig) -> bool:
+    """Whether ``cfg`` (resolved) runs on :class:`WholeBatchWorkers`: whole mode, CPU, an
+    export runtime (not eager), preprocessing in processes."""
+    whole = cfg.whole
+    return (cfg.mode == "whole" and whole.device == "cpu" and whole.backend != EAGER
+            and cfg.preprocess_mode == "process")
+
+
+def whole_workers(spec: Any, cfg: ServeConfig, settings: PreprocessSettings) -> WholeBatchWorkers:
+    """The worker pool of the fast path for export ``spec``."""
+    from mmfurnace.serve.stages import runtime_device_options
+
+    info = spec.info
+    options: dict[str, Any] = dict(runtime_device_options(cfg.whole.backend, "cpu"))
+    if cfg.intra_op_threads is not None:
+        options["threads"] = cfg.intra_op_threads
+    worker = WorkerSpec(
+        export_dir=str(spec.directory), graph=FULL_GRAPH, backend=cfg.whole.backend, options=options,
+        settings=settings, modalities=tuple(sorted(spec.modalities)),
+        sequences=frozenset(m for m in spec.modalities if spec.is_sequence(m)),
+        like={m: example_row(m, info.input_shapes[m], info.input_dtypes.get(m, "float32")) for m in spec.modalities},
+    )
+    return WholeBatchWorkers(worker, workers=cfg.preprocess_workers, torch_threads=cfg.torch_threads)
