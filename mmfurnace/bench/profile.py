@@ -46,7 +46,7 @@ def _move(batch: Batch, device: torch.device, dtype: torch.dtype = torch.float32
     if dtype == torch.float32:
         return batch
     inputs = {m: x.to(dtype) if x.is_floating_point() else x for m, x in batch.inputs.items()}
-    return Batch(inputs=inputs, padding=batch.padding, present=batch.present, labels=batch.labels)
+    return Batch(inputs=inputs, valid=batch.valid, present=batch.present, labels=batch.labels)
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:
@@ -139,7 +139,7 @@ def profile_inference(
         with timer.stage("h2d"):
             batch = _move(batch, device, dtype)
         with torch.no_grad():  # the serving path: encoders, then fusion + head (timed by hooks)
-            features = {m: model.encode(m, batch.inputs[m], batch.padding.get(m), batch.present.get(m))
+            features = {m: model.encode(m, batch.inputs[m], batch.valid.get(m), batch.present.get(m))
                         for m in model.modalities if m in batch.inputs}
             model.fuse(features, batch.present)
         return batch

@@ -311,25 +311,25 @@ def uniform_batches(batches: list[Batch]) -> list[Batch]:
 
     size = len(batches[0])
     batches = [b for b in batches if len(b) == size]
-    like = {m: b.inputs[m] for b in batches for m in b.padding}  # an example tensor per modality
-    longest = {m: max(b.padding[m].shape[1] for b in batches if m in b.padding) for m in like}
+    like = {m: b.inputs[m] for b in batches for m in b.valid}  # an example tensor per modality
+    longest = {m: max(b.valid[m].shape[1] for b in batches if m in b.valid) for m in like}
     out = []
     for b in batches:
-        inputs, padding = dict(b.inputs), dict(b.padding)
+        inputs, valid = dict(b.inputs), dict(b.valid)
         for m, n in longest.items():
-            if m not in padding:  # absent from every row of this batch: all padding
+            if m not in valid:  # absent from every row of this batch: all padding
                 x = like[m]
                 inputs[m] = x.new_full((size, n, *x.shape[2:]), PAD_ID if not x.is_floating_point() else 0)
-                padding[m] = torch.zeros(size, n, dtype=torch.bool)
+                valid[m] = torch.zeros(size, n, dtype=torch.bool)
                 continue
-            extra = n - padding[m].shape[1]
+            extra = n - valid[m].shape[1]
             if extra == 0:
                 continue
             x = inputs[m]
             fill = PAD_ID if not x.is_floating_point() else 0
             inputs[m] = torch.cat([x, x.new_full((x.shape[0], extra, *x.shape[2:]), fill)], dim=1)
-            padding[m] = torch.cat([padding[m], padding[m].new_zeros(x.shape[0], extra)], dim=1)
-        out.append(Batch(inputs=inputs, padding=padding, present=b.present, labels=b.labels))
+            valid[m] = torch.cat([valid[m], valid[m].new_zeros(x.shape[0], extra)], dim=1)
+        out.append(Batch(inputs=inputs, valid=valid, present=b.present, labels=b.labels))
     return out
 
 

@@ -36,7 +36,7 @@ class TorchPredictor:
         region = (torch.autocast("cpu", dtype=self.autocast) if self.autocast is not None
                   else contextlib.nullcontext())
         with torch.no_grad(), region, mha_fastpath(self.fastpath):
-            return self.model(inputs, batch.present, batch.padding).logits.float()
+            return self.model(inputs, batch.present, batch.valid).logits.float()
 
 
 @contextlib.contextmanager

@@ -17,11 +17,11 @@ Corruptions, registered in :data:`CORRUPTIONS` as ``"<modality>:<name>"``:
     audio:white      add N(0, (level * s_f)^2) noise to every real frame, s_f = std of feature f
                      over the batch's real frames.
     audio:dropout    zero round(level * n) of each sample's n real frames, chosen at random.
-                     The padding mask is unchanged: a dropped frame is still a time step (as a
+                     The valid mask is unchanged: a dropped frame is still a time step (as a
                      lost packet is), and padded frames stay zero and masked.
     text:unk         replace round(level * n) of each sample's n word tokens by [UNK] (id 1).
     text:drop        remove round(level * n) word tokens, shift the rest left, pad the tail with
-                     PAD (id 0) and shrink the padding mask; at least one word token is kept.
+                     PAD (id 0) and shrink the valid mask; at least one word token is kept.
                      Word tokens are the real ones other than PAD, [CLS] and [SEP] (the ids of
                      mmfurnace's tokenizer), which both text corruptions leave in place.
     <m>:missing      mark modality m absent (present[m] = False, its rows reset to padding) in
@@ -66,7 +66,7 @@ def check_level(level: float) -> float:
 
 def copy_batch(batch: Batch) -> Batch:
     """A new Batch holding the same tensors in new dicts, so a transform can replace entries."""
-    return Batch(dict(batch.inputs), dict(batch.padding), dict(batch.present), batch.labels)
+    return Batch(dict(batch.inputs), dict(batch.valid), dict(batch.present), batch.labels)
 
 
 def _rand(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:
@@ -99,17 +99,17 @@ def _rows(batch: Batch, modality: str) -> Tensor:
 def _real(batch: Batch, modality: str) -> Tensor:
     """(batch, seq) bool: real (not padded) frames/tokens of present rows."""
     x = batch.inputs[modality]
-    mask = batch.padding.get(modality)
+    mask = batch.valid.get(modality)
     if mask is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     return mask.to(x.device) & _rows(batch, modality)[:, None]
 
 
-def _with_input(batch: Batch, modality: str, value: Tensor, padding: Tensor | None = None) -> Batch:
+def _with_input(batch: Batch, modality: str, value: Tensor, valid: Tensor | None = None) -> Batch:
     out = copy_batch(batch)
     out.inputs[modality] = value
-    if padding is not None:
-        out.padding[modality] = padding
+    if valid is not None:
+        out.valid[modality] = valid
     return out
 
 
@@ -194,7 +194,7 @@ def audio_white_noise(batch: Batch, level: float, generator: torch.Generator) ->
 
 @CORRUPTIONS.register("audio:dropout")
 def audio_frame_dropout(batch: Batch, level: float, generator: torch.Generator) -> Batch:
-    """Zero round(level * n) random real frames of each present sample; padding unchanged."""
+    """Zero round(level * n) random real frames of each present sample; valid mask unchanged."""
     level = check_level(level)
     if _skip(batch, "audio", level):
         return copy_batch(batch)
@@ -241,9 +241,9 @@ def text_drop(batch: Batch, level: float, generator: torch.Generator) -> Batch:
     out[b_idx, pos] = x[b_idx, t_idx]
     lengths = keep.sum(dim=1)
     new_mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-    old_mask = batch.padding.get("text", new_mask)
-    padding = torch.where(rows_present[:, None], new_mask, old_mask.to(x.device))
-    return _with_input(batch, "text", out, padding)
+    old_mask = batch.valid.get("text", new_mask)
+    valid = torch.where(rows_present[:, None], new_mask, old_mask.to(x.device))
+    return _with_input(batch, "text", out, valid)
 
 
 # ----------------------------------------------------------------------------- missing modality
@@ -252,7 +252,7 @@ def text_drop(batch: Batch, level: float, generator: torch.Generator) -> Batch:
 def drop_modality(batch: Batch, modality: str, level: float, generator: torch.Generator) -> Batch:
     """Mark ``modality`` absent in round(level * n) of the n samples that have it.
 
-    Their rows are reset to padding (zeros / PAD, padding mask False), as collation leaves an
+    Their rows are reset to padding (zeros / PAD, valid mask False), as collation leaves an
     absent modality. The tensor stays in ``inputs`` even when no sample keeps the modality, so
     a model that loses every modality still runs (every fusion honours the mask: it predicts
     from its biases alone) instead of failing on empty inputs.
@@ -270,8 +270,8 @@ def drop_modality(batch: Batch, modality: str, level: float, generator: torch.Ge
         x = batch.inputs[modality]
         g = gone.to(x.device).view(-1, *([1] * (x.dim() - 1)))
         out.inputs[modality] = x.masked_fill(g, PAD_ID if not x.is_floating_point() else 0)
-        if modality in batch.padding:
-            out.padding[modality] = batch.padding[modality].masked_fill(gone.to(x.device)[:, None], False)
+        if modality in batch.valid:
+            out.valid[modality] = batch.valid[modality].masked_fill(gone.to(x.device)[:, None], False)
     return out
 
 

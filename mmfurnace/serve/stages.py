@@ -201,8 +201,8 @@ class TorchStage:
             m = self.modality
             enc = model.encode(m, x[m], x.get(f"{m}_mask"), x[f"{m}_present"])
             out = {f"{m}_sequence": enc.sequence, f"{m}_pooled": enc.pooled}
-            if enc.padding is not None:
-                out[f"{m}_sequence_mask"] = enc.padding
+            if enc.valid is not None:
+                out[f"{m}_sequence_mask"] = enc.valid
             return out
         # Modalities absent from every row are left out, as the eager model would see them.
         live = [m for m in model.modalities if bool(x[f"{m}_present"].any())]
@@ -214,8 +214,8 @@ class TorchStage:
             }
             return {"logits": model.fuse(features, present)}
         inputs = {m: x[m] for m in live}
-        padding = {m: x[f"{m}_mask"] for m in live if f"{m}_mask" in x}
-        return {"logits": model(inputs, present, padding).logits}
+        valid = {m: x[f"{m}_mask"] for m in live if f"{m}_mask" in x}
+        return {"logits": model(inputs, present, valid).logits}
 
 
 class RuntimeStage:

@@ -232,11 +232,11 @@ def _flag_ignored(
 
 
 def _roller(modality: str) -> Callable[[Batch], Batch]:
-    """Each row gets the next row's ``modality`` (input, padding, presence); the rest stays."""
+    """Each row gets the next row's ``modality`` (input, valid mask, presence); the rest stays."""
 
     def fn(batch: Batch) -> Batch:
         out = copy_batch(batch)
-        for part in (out.inputs, out.padding, out.present):
+        for part in (out.inputs, out.valid, out.present):
             if modality in part:
                 part[modality] = torch.roll(part[modality], 1, dims=0)
         return out

@@ -58,7 +58,7 @@ def train_step(
         assert dropout_rng is not None, "modality dropout draws from dropout_rng"
         present = drop_modalities(batch.present, tc.modality_dropout, dropout_rng)
     with autocast(device, tc.precision):
-        out = model(batch.inputs, present, batch.padding)
+        out = model(batch.inputs, present, batch.valid)
         with timed("loss"):
             parts = loss_fn(out, batch, present)
     total = parts.total if isinstance(parts, LossParts) else parts

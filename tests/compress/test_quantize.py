@@ -141,10 +141,10 @@ def test_calibration_batches_are_made_uniform_without_changing_outputs(fp32, tes
     from mmfurnace.compress.quantize import uniform_batches
 
     batches = split_samples(test_batches[0], 6)  # each trimmed to its own lengths
-    lengths = {tuple(b.padding[m].shape[1] if m in b.padding else 0 for m in ("audio", "text")) for b in batches}
+    lengths = {tuple(b.valid[m].shape[1] if m in b.valid else 0 for m in ("audio", "text")) for b in batches}
     assert len(lengths) > 1  # real requests differ in length (or lack a modality)
     even = uniform_batches(batches)
-    assert len({tuple(b.padding[m].shape[1] for m in ("audio", "text")) for b in even}) == 1
+    assert len({tuple(b.valid[m].shape[1] for m in ("audio", "text")) for b in even}) == 1
     assert len({len(b) for b in even}) == 1
     for before, after in zip(batches, even, strict=True):
         torch.testing.assert_close(TorchPredictor(fp32)(after), TorchPredictor(fp32)(before), rtol=1e-4, atol=1e-5)

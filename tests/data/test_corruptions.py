@@ -42,7 +42,7 @@ def batch() -> Batch:
 
 
 def assert_same(a: Batch, b: Batch) -> None:
-    for field in ("inputs", "padding", "present"):
+    for field in ("inputs", "valid", "present"):
         x, y = getattr(a, field), getattr(b, field)
         assert sorted(x) == sorted(y)
         for key in x:
@@ -52,13 +52,13 @@ def assert_same(a: Batch, b: Batch) -> None:
 
 def words(batch: Batch) -> Tensor:
     x = batch.inputs["text"]
-    return batch.padding["text"] & (x != PAD_ID) & (x != CLS_ID) & (x != SEP_ID)
+    return batch.valid["text"] & (x != PAD_ID) & (x != CLS_ID) & (x != SEP_ID)
 
 
 @pytest.mark.parametrize("name", cr.CORRUPTIONS.names())
 def test_level_zero_is_identity_and_input_untouched(batch, name):
     before = Batch(*(dict(d) if isinstance(d, dict) else d for d in
-                     (batch.inputs, batch.padding, batch.present, batch.labels)))
+                     (batch.inputs, batch.valid, batch.present, batch.labels)))
     snapshot = {k: v.clone() for k, v in batch.inputs.items()}
     assert_same(cr.CORRUPTIONS[name](batch, 0.0, gen()), batch)
     out = cr.CORRUPTIONS[name](batch, LEVEL, gen())
@@ -130,19 +130,19 @@ def test_occlusion_zeroes_one_rectangle_of_level_area(level):
 
 
 def test_audio_white_noise_only_on_real_frames(batch):
-    x, real = batch.inputs["audio"], batch.padding["audio"] & batch.present["audio"][:, None]
+    x, real = batch.inputs["audio"], batch.valid["audio"] & batch.present["audio"][:, None]
     out = cr.audio_white_noise(batch, LEVEL, gen()).inputs["audio"]
     assert_close(out[~real], x[~real], rtol=0, atol=0)
     assert bool((out[real] != x[real]).all())
-    assert_close(cr.audio_white_noise(batch, LEVEL, gen()).padding["audio"], batch.padding["audio"])
+    assert_close(cr.audio_white_noise(batch, LEVEL, gen()).valid["audio"], batch.valid["audio"])
 
 
 def test_audio_frame_dropout_zeroes_level_share_of_real_frames(batch):
     x = batch.inputs["audio"]
     out = cr.audio_frame_dropout(batch, LEVEL, gen())
-    assert_close(out.padding["audio"], batch.padding["audio"], rtol=0, atol=0)
+    assert_close(out.valid["audio"], batch.valid["audio"], rtol=0, atol=0)
     zeroed = (out.inputs["audio"] == 0).all(dim=-1) & ~(x == 0).all(dim=-1)
-    real = batch.padding["audio"] & batch.present["audio"][:, None]
+    real = batch.valid["audio"] & batch.present["audio"][:, None]
     assert not bool((zeroed & ~real).any())
     for i in range(len(batch)):
         n = int(real[i].sum())
@@ -154,7 +154,7 @@ def test_text_unk_replaces_words_and_keeps_pad_and_specials(batch):
     out = cr.text_unk(batch, LEVEL, gen())
     y = out.inputs["text"]
     w = words(batch)
-    assert_close(out.padding["text"], batch.padding["text"], rtol=0, atol=0)
+    assert_close(out.valid["text"], batch.valid["text"], rtol=0, atol=0)
     assert_close(y[~w], x[~w], rtol=0, atol=0)  # PAD, [CLS], [SEP] in place
     for i in range(len(batch)):
         assert int((y[i] == cr.UNK_ID).sum()) == math.floor(LEVEL * int(w[i].sum()) + 0.5)
@@ -164,7 +164,7 @@ def test_text_unk_replaces_words_and_keeps_pad_and_specials(batch):
 def test_text_drop_removes_words_and_compacts(batch, level):
     x = batch.inputs["text"]
     out = cr.text_drop(batch, level, gen())
-    y, mask = out.inputs["text"], out.padding["text"]
+    y, mask = out.inputs["text"], out.valid["text"]
     w = words(batch)
     for i in range(len(batch)):
         if not batch.present["text"][i]:
@@ -173,7 +173,7 @@ def test_text_drop_removes_words_and_compacts(batch, level):
             continue
         n = int(w[i].sum())
         k = min(math.floor(level * n + 0.5), n - 1)
-        old = x[i][batch.padding["text"][i]].tolist()
+        old = x[i][batch.valid["text"][i]].tolist()
         new = y[i][mask[i]].tolist()
         assert len(new) == len(old) - k
         assert new[0] == CLS_ID
@@ -191,11 +191,11 @@ def test_missing_marks_share_absent_and_resets_rows(batch):
     assert not bool((out.present["audio"] & ~before).any())
     assert int(gone.sum()) == math.floor(LEVEL * int(before.sum()) + 0.5)
     assert bool((out.inputs["audio"][gone] == 0).all())
-    assert not bool(out.padding["audio"][gone].any())
+    assert not bool(out.valid["audio"][gone].any())
     removed = cr.remove_modality(batch, "audio")
     assert not bool(removed.present["audio"].any())
     assert bool((removed.inputs["audio"] == 0).all())
-    assert not bool(removed.padding["audio"].any())
+    assert not bool(removed.valid["audio"].any())
     assert_close(removed.inputs["image"], batch.inputs["image"], rtol=0, atol=0)
 
 

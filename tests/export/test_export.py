@@ -34,7 +34,7 @@ FULL_NAMES = [n for n, _, _ in FULL_INPUTS]
 
 def numpy_feed(batch, names):
     """Flat numpy inputs by the documented names — all a deployment needs to build."""
-    flat = {**batch.inputs, **{f"{m}_mask": v for m, v in batch.padding.items()}}
+    flat = {**batch.inputs, **{f"{m}_mask": v for m, v in batch.valid.items()}}
     flat.update({f"{m}_present": v for m, v in batch.present.items()})
     return {n: flat[n].numpy() for n in names}
 

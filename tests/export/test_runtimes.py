@@ -144,14 +144,14 @@ def test_encoder_graph_through_a_runtime(backend: str, cross: Exported, odd_batc
     outs = runtime.run_graph(
         {
             "text": odd_batch.inputs["text"],
-            "text_mask": odd_batch.padding["text"],
+            "text_mask": odd_batch.valid["text"],
             "text_present": odd_batch.present["text"],
         }
     )
     assert list(outs) == ["text_sequence", "text_pooled", "text_sequence_mask"]
     with torch.no_grad():
         want = cross.model.encode(
-            "text", odd_batch.inputs["text"], odd_batch.padding["text"], odd_batch.present["text"]
+            "text", odd_batch.inputs["text"], odd_batch.valid["text"], odd_batch.present["text"]
         )
     np.testing.assert_allclose(outs["text_pooled"], want.pooled.numpy(), rtol=0, atol=1e-4)
     with pytest.raises(InputError, match="does not produce logits"):
@@ -164,7 +164,7 @@ def test_absent_modality_can_be_left_out(cross: Exported, odd_batch) -> None:
     feed = {
         "image": odd_batch.inputs["image"],
         "text": odd_batch.inputs["text"],
-        "text_mask": odd_batch.padding["text"],
+        "text_mask": odd_batch.valid["text"],
     }
     logits = runtime.run(feed)
     present = {
@@ -176,7 +176,7 @@ def test_absent_modality_can_be_left_out(cross: Exported, odd_batch) -> None:
         reference = cross.model(
             {"image": odd_batch.inputs["image"], "text": odd_batch.inputs["text"]},
             present,
-            {"text": odd_batch.padding["text"]},
+            {"text": odd_batch.valid["text"]},
         ).logits
     np.testing.assert_allclose(logits, reference.numpy(), rtol=0, atol=tol(reference))
 
@@ -228,7 +228,7 @@ def test_tensorrt_engine_is_cached_by_settings(cross: Exported, odd_batch, tmp_p
         k: v.repeat(4, *([1] * (v.dim() - 1))) for k, v in odd_batch.inputs.items()
     }  # batch 24 > 16
     with pytest.raises(InputError, match="built for"):
-        first.run({**big, **{f"{m}_mask": v.repeat(4, 1) for m, v in odd_batch.padding.items()}})
+        first.run({**big, **{f"{m}_mask": v.repeat(4, 1) for m, v in odd_batch.valid.items()}})
 
 
 @pytest.mark.slow

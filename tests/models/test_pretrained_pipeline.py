@@ -79,7 +79,7 @@ def batches(cfg: RunConfig, split: str, datasets=None):
 
 def logits_of(model, loader) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model.eval()(b.inputs, b.present, b.padding).logits for b in loader])
+        return torch.cat([model.eval()(b.inputs, b.present, b.valid).logits for b in loader])
 
 
 @pytest.mark.slow

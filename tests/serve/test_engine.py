@@ -40,7 +40,7 @@ def preprocessed_rows(info, n: int = 12, seed: int = 1) -> list[dict[str, torch.
 def eager_logits(model, info, rows) -> torch.Tensor:
     batch = collate_samples([Sample(r, torch.tensor(0)) for r in rows], info.modalities)
     with torch.no_grad():
-        return model(batch.inputs, batch.present, batch.padding).logits
+        return model(batch.inputs, batch.present, batch.valid).logits
 
 
 async def infer_all(engine, rows):

@@ -42,7 +42,7 @@ class ImageOracle(nn.Module):
 
     multilabel = False
 
-    def forward(self, inputs, present, padding=None) -> ClassifierOutput:
+    def forward(self, inputs, present, valid=None) -> ClassifierOutput:
         n = len(present["image"])
         image = inputs.get("image", torch.zeros(n, 1, 4, 4))
         value = image.flatten(1).mean(dim=1) * present["image"]
@@ -168,8 +168,8 @@ class BiasedByAbsentAudio(ImageOracle):
     """Reads only the image, but an *absent* audio (never seen in training) shifts its
     answer: removal costs accuracy although the audio's content is never read."""
 
-    def forward(self, inputs, present, padding=None) -> ClassifierOutput:
-        out = super().forward(inputs, present, padding)
+    def forward(self, inputs, present, valid=None) -> ClassifierOutput:
+        out = super().forward(inputs, present, valid)
         if not bool(present["audio"].all()):
             shifted = out.logits.roll(1, dims=1) * (~present["audio"]).float()[:, None]
             logits = torch.where(present["audio"][:, None], out.logits, shifted)
