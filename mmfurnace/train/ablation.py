@@ -1,6 +1,6 @@
 """Ablations: train a grid of config variants over several seeds, then tabulate and plot them.
 
-A :class:`Variant` is a name plus dotted overrides of a base run config
+A :class:`~mmfurnace.train.ablation_grid.ConfigVariant` is a name plus dotted overrides of a base run config
 (``["model.fusion=late", "train.alpha=0"]``). :func:`expand_grid` builds the cartesian product
 of a grid; :func:`run_ablation` trains every variant with every seed through
 :func:`mmfurnace.train.recipe.train` and writes, into ``out_dir``:
@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from mmfurnace.config import RunConfig
 from mmfurnace.errors import ConfigError
-from mmfurnace.train.ablation_grid import Variant, expand_grid, format_value, parse_grid
+from mmfurnace.train.ablation_grid import ConfigVariant, expand_grid, format_value, parse_grid
 from mmfurnace.train.ablation_report import (
     AblationResult,
     RunRecord,
@@ -41,7 +41,7 @@ from mmfurnace.train.ablation_report import (
 from mmfurnace.typed_config import apply_overrides, load_yaml, parse
 
 # Grids and results live in ablation_grid / ablation_report; these names are imported from here.
-__all__ = ["METRICS", "AblationResult", "RunRecord", "Variant", "VariantSummary", "expand_grid", "format_value",
+__all__ = ["METRICS", "AblationResult", "ConfigVariant", "RunRecord", "VariantSummary", "expand_grid", "format_value",
            "mean_std", "parse_grid", "run_ablation"]
 
 METRICS = ("accuracy", "macro_f1", "micro_f1", "loss", "consistency")  # keys of results.json "test"
@@ -49,7 +49,7 @@ METRICS = ("accuracy", "macro_f1", "micro_f1", "loss", "consistency")  # keys of
 
 def run_ablation(
     base: str | Path | RunConfig,
-    variants: Sequence[Variant],
+    variants: Sequence[ConfigVariant],
     *,
     seeds: Sequence[int] = (0,),
     out_dir: Path,
@@ -111,7 +111,7 @@ def run_ablation(
 
 
 def _variant_config(
-    raw: dict[str, Any], variant: Variant, seed: int, source: str
+    raw: dict[str, Any], variant: ConfigVariant, seed: int, source: str
 ) -> tuple[RunConfig | None, str | None]:
     """The variant's config for one seed: ``{seed}`` in an override value becomes the seed, so
     a variant can name another variant's run of the same seed (e.g. to warm-start from it)."""

@@ -1,4 +1,4 @@
-"""Ablation grids: a :class:`Variant` (a name plus dotted overrides of a base run config), and
+"""Ablation grids: a :class:`ConfigVariant` (a name plus dotted overrides of a base run config), and
 the parsing and cartesian expansion of ``key=[v1,v2]`` grids into named variants."""
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ _EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One configuration of an ablation: a name (also its folder name) and dotted overrides."""
+class ConfigVariant:
+    """One variant of the base run config in an ablation: a name (also its folder name) and
+    the dotted overrides that make it."""
 
     name: str
     overrides: tuple[str, ...] = ()
@@ -101,7 +102,7 @@ def _split_top_level(text: str) -> list[str]:
     return pieces
 
 
-def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[Variant]:
+def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[ConfigVariant]:
     """The cartesian product of ``grid`` (dotted key -> values) as named variants.
 
     The first key varies slowest. Names read ``fusion=early,alpha=0.1,modalities=audio+image``:
@@ -109,13 +110,13 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[Variant]:
     joined by ``+``. An empty grid gives the single variant ``base`` with no overrides.
     """
     if not grid:
-        return [Variant("base")]
+        return [ConfigVariant("base")]
     for key, values in grid.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise ConfigError(f"grid key {key}: expected a non-empty list of values, got {values!r}")
     short = {key: key.rsplit(".", 1)[-1] for key in grid}
     labels = {k: (s if list(short.values()).count(s) == 1 else k) for k, s in short.items()}
-    variants: list[Variant] = []
+    variants: list[ConfigVariant] = []
     seen: set[str] = set()
     for combo in itertools.product(*grid.values()):
         pairs = list(zip(grid, combo, strict=True))
@@ -125,7 +126,7 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[Variant]:
         while name in seen:
             name, n = f"{base}-{n}", n + 1
         seen.add(name)
-        variants.append(Variant(name, tuple(f"{k}={format_value(v)}" for k, v in pairs)))
+        variants.append(ConfigVariant(name, tuple(f"{k}={format_value(v)}" for k, v in pairs)))
     return variants
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from mmfurnace.config import RunConfig
 from mmfurnace.train import plots
-from mmfurnace.train.ablation_grid import Variant
+from mmfurnace.train.ablation_grid import ConfigVariant
 
 # ----------------------------------------------------------------------------- results
 
@@ -86,7 +86,7 @@ def _split_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
     return results.get("test") or results.get("best_valid") or {}
 
 
-def summarise(variant: Variant, cfg: RunConfig | None, records: list[RunRecord], metric: str) -> VariantSummary:
+def summarise(variant: ConfigVariant, cfg: RunConfig | None, records: list[RunRecord], metric: str) -> VariantSummary:
     """``variant``'s runs over its seeds: mean and std of each metric, and the run status."""
     ok = [r for r in records if r.status != "failed"]
     failed = [r for r in records if r.status == "failed"]
