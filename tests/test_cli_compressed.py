@@ -150,7 +150,7 @@ def _serve_checkpoint_eagerly(checkpoint: Path, batch) -> torch.Tensor:
     from mmfurnace.serve.config import ServeConfig
     from mmfurnace.serve.engine import InferenceEngine
 
-    eager = {"device": "cpu", "backend": "eager"}
+    eager = {"device": "cpu", "runtime": "eager"}
     cfg = ServeConfig(max_wait_ms=2, stages={m: eager for m in INFO.modalities}, fusion=eager)
     row = {m: batch.inputs[m][0].numpy() for m in INFO.modalities if bool(batch.present[m][0])}
     if "audio" in row:

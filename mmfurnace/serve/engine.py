@@ -9,7 +9,7 @@ One request row (any subset of image / audio / text, raw or preprocessed) flows:
 
 (``mode="whole"`` replaces the encoder and fusion stages with one batched ``model`` stage.)
 Each stage has its own :class:`~mmfurnace.serve.batcher.DynamicBatcher`, its own collate
-thread and its own compute thread, and runs on the device/backend its config names, so
+thread and its own compute thread, and runs on the device/runtime its config names, so
 encoders of different modalities compute at the same time and a modality a row lacks never
 reaches its encoder. Rows with different modality subsets share batches: an encoder batch
 holds only rows that have its modality; the fusion batch holds absent modalities as zeros
@@ -171,11 +171,11 @@ class InferenceEngine:
     ) -> InferenceEngine:
         """Serve an in-memory MultimodalClassifier. data: the data-config dict whose image /
         audio / text sections set preprocessing (None: defaults). A stage on a non-eager
-        backend needs the exported graphs: the model is exported to a temporary directory."""
+        runtime needs the exported graphs: the model is exported to a temporary directory."""
         cfg, reasons = resolve_config(cfg or ServeConfig(), model.modalities, None)
         model = copy.deepcopy(model).cpu().eval()
         graphs = stage_graphs(cfg, model.modalities)
-        if any(s.backend != EAGER for s in graphs.values()):
+        if any(s.runtime != EAGER for s in graphs.values()):
             from mmfurnace.export import export_model
 
             tmp = tempfile.TemporaryDirectory(prefix="mmfurnace-serve-")
@@ -224,7 +224,8 @@ class InferenceEngine:
         return stage.compute(stage.prepare(feed))
 
     def describe(self) -> dict[str, Any]:
-        """Mode, modalities and, per stage, its backend/device (what /v2/models reports)."""
+        """Mode, modalities and, per stage, its runtime/device (what /v2/models reports; the stage's
+        own description names it under its wire key "backend")."""
         return {
             "mode": self.cfg.mode,
             "runtime": {g: s.describe().get("backend") for g, s in self.stages.items()},

@@ -9,7 +9,7 @@ its row is never routed between actors. (The split layout below made 4 handle ca
 
 Split mode (stages on different devices) deploys one Ray actor pool per stage
 (``cfg.ray.num_replicas`` replicas each):
-    encoder_<m>   one per modality: that encoder's stage, on the device/backend its
+    encoder_<m>   one per modality: that encoder's stage, on the device/runtime its
                   config names (a cuda stage reserves ``num_gpus: 1``)
     fusion_head   the fusion + head stage
     (model        the whole model instead, with ``mode: whole``)

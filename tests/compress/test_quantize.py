@@ -63,7 +63,7 @@ def test_torch_dynamic_int8_swaps_linears_and_stays_close(fp32, test_batches):
     import copy
 
     ref = _logits(TorchPredictor(fp32), test_batches)
-    q = quantize_(copy.deepcopy(fp32), Int8DynamicConfig(backend="torch"))
+    q = quantize_(copy.deepcopy(fp32), Int8DynamicConfig(runtime="torch"))
     float_left = [n for n, m in q.named_modules() if type(m) is torch.nn.Linear]
     assert all(n.startswith("projections.") for n in float_left)  # off the logits path
     assert sum(isinstance(m, DynamicLinear) for m in q.modules()) >= 6
@@ -74,7 +74,7 @@ def test_torch_dynamic_int8_swaps_linears_and_stays_close(fp32, test_batches):
 def test_filter_fn_limits_what_is_quantized(fp32):
     import copy
 
-    q = quantize_(copy.deepcopy(fp32), Int8DynamicConfig(backend="torch"), filter_fn=lambda m, name: name == "head")
+    q = quantize_(copy.deepcopy(fp32), Int8DynamicConfig(runtime="torch"), filter_fn=lambda m, name: name == "head")
     assert isinstance(q.head, DynamicLinear)
     assert type(q.encoders["image"].proj) is torch.nn.Linear
 

@@ -206,7 +206,7 @@ def test_unimodal_model_exports_only_its_inputs(info: DatasetInfo, tmp_path) -> 
     ]
     assert "encoder_audio" not in spec.graphs
     # The default parity batch follows the export's modalities.
-    assert parity_exit_code(check_parity(out, backends=["eager", "onnxruntime"])) == 0
+    assert parity_exit_code(check_parity(out, runtimes=["eager", "onnxruntime"])) == 0
 
 
 def test_bad_settings_are_config_errors(late: Exported, tmp_path) -> None:

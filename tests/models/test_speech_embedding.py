@@ -278,7 +278,7 @@ def test_fsdd_clips_pack_train_reload_and_export(tmp_path) -> None:
     out = export_checkpoint(tmp_path / "run" / "best", tmp_path / "export")
     settings = json.loads((out / "export.json").read_text())
     assert "speech_mel" in json.dumps(settings)
-    checked = assert_parity(out, batch, backends=["onnxruntime", "torchscript"])
+    checked = assert_parity(out, batch, runtimes=["onnxruntime", "torchscript"])
     assert [r.status for r in checked] == ["pass", "pass"]
 
 

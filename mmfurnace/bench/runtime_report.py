@@ -1,4 +1,4 @@
-"""Reading a runtime benchmark's result (:func:`mmfurnace.bench.engines.bench_engines`): flat
+"""Reading a runtime benchmark's result (:func:`mmfurnace.bench.runtimes.bench_runtimes`): flat
 metrics for the regression check, the best CPU configuration against eager FP32, the table
 and the plot."""
 
@@ -12,8 +12,8 @@ REFERENCE = ("eager", "fp32")
 
 
 def flat_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """Flat metric names for the regression check: ``<backend>_<precision>_b<N>_samples_per_s``
-    and ``<backend>_<precision>_b1_latency_p50_ms`` (p95, p99 too)."""
+    """Flat metric names for the regression check: ``<runtime>_<precision>_b<N>_samples_per_s``
+    and ``<runtime>_<precision>_b1_latency_p50_ms`` (p95, p99 too)."""
     metrics: dict[str, float] = {}
     for r in result["results"]:
         stem = f"{r['backend'].replace('-', '_')}_{r['precision']}"
@@ -27,11 +27,11 @@ def flat_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def throughput(
-    result: Mapping[str, Any], backend: str, precision: str, batch: int, key: str = "throughput"
+    result: Mapping[str, Any], runtime: str, precision: str, batch: int, key: str = "throughput"
 ) -> float | None:
     """Samples/s of one configuration at ``batch`` (key "cpu_throughput": per CPU second)."""
     for r in result["results"]:
-        if r["backend"] == backend and r["precision"] == precision:
+        if r["backend"] == runtime and r["precision"] == precision:
             entry = r["batches"].get(str(batch))
             return None if entry is None or entry.get(key) is None else float(entry[key])
     return None
@@ -72,7 +72,7 @@ def format_table(result: Mapping[str, Any], ratio_batch: int = 32) -> str:
     rb = str(ratio_batch)
     base = throughput(result, *REFERENCE, ratio_batch)
     base_cpu = throughput(result, *REFERENCE, ratio_batch, key="cpu_throughput")
-    header = ["backend", "prec", "p50 ms", "p95 ms", "p99 ms", *[f"b{b} /s" for b in sizes]]
+    header = ["runtime", "prec", "p50 ms", "p95 ms", "p99 ms", *[f"b{b} /s" for b in sizes]]
     if rb in sizes:
         header += [f"x@b{rb}", f"x@b{rb} cpu"]
     rows = [header]
@@ -123,25 +123,25 @@ def format_machine(result: Mapping[str, Any]) -> str:
 
 
 def print_table(result: Mapping[str, Any]) -> None:
-    """Print the machine, the table, and the best CPU backend vs eager FP32 at batch 32."""
+    """Print the machine, the table, and the best CPU runtime vs eager FP32 at batch 32."""
     print(format_machine(result))
     s = result["settings"]
     print(
         f"settings: batch sizes {s['batch_sizes']}, {s['iters']} timed calls each in {s['rounds']} interleaved rounds, "
-        f"warmup {s['warmup']}, threads {s['threads'] or 'backend default'}, lengths {s['sequence_lengths']}"
+        f"warmup {s['warmup']}, threads {s['threads'] or 'runtime default'}, lengths {s['sequence_lengths']}"
     )
     print(format_table(result))
     best = best_cpu_vs_eager(result, 32)
     if best:
         cpu = f", {best['cpu_ratio']:.2f}x by CPU time" if best.get("cpu_ratio") else ""
         print(
-            f"best CPU backend at batch 32: {best['backend']}/{best['precision']} "
+            f"best CPU runtime at batch 32: {best['backend']}/{best['precision']} "
             f"{best['throughput']:.0f} samples/s = {best['ratio']:.2f}x eager fp32 "
             f"({best['eager_fp32']:.0f} samples/s){cpu}"
         )
 
 
-def plot_engines(result: Mapping[str, Any], path: str | Path) -> Path:
+def plot_runtimes(result: Mapping[str, Any], path: str | Path) -> Path:
     """A PNG bar chart: throughput per configuration, grouped by batch size (log scale)."""
     import matplotlib
 
@@ -166,7 +166,7 @@ def plot_engines(result: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("samples / s")
     ax.set_yscale("log")
     cpu = result["machine"]["cpu"]
-    ax.set_title(f"Inference throughput by backend — {cpu['model']}, {cpu['usable_cores']} cores")
+    ax.set_title(f"Inference throughput by runtime — {cpu['model']}, {cpu['usable_cores']} cores")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
