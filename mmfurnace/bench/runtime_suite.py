@@ -80,7 +80,7 @@ def run_runtime_bench(
     )
     from mmfurnace.export import export_checkpoint, load_spec, make_example_batch
 
-    with tempfile.TemporaryDirectory(prefix="mmfurnace-engines-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mmfurnace-runtimes-") as tmp:
         if source is None:
             export_dir, label = fresh_export(Path(tmp) / "export", fusion), f"fresh {fusion}"
         elif (Path(source) / "export.json").is_file():
