@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mmfurnace.bench.runtimes import (
+from mmfurnace.bench.runtime_report import (
     REFERENCE,
-    bench_runtimes,
     best_cpu_vs_eager,
     flat_metrics,
     format_machine,
@@ -17,6 +16,7 @@ from mmfurnace.bench.runtimes import (
     print_table,
     throughput,
 )
+from mmfurnace.bench.runtimes import bench_runtimes
 
 plot_engines = plot_runtimes
 

@@ -72,12 +72,8 @@ def run_runtime_bench(
     """Benchmark every available runtime on ``source``: an export folder (with export.json),
     a training checkpoint (exported to a temporary folder first) or None (a fresh default
     model of ``fusion``). Prints the table; writes JSON/PNG when paths are given."""
-    from mmfurnace.bench.runtimes import (
-        bench_runtimes,
-        best_cpu_vs_eager,
-        plot_runtimes,
-        print_table,
-    )
+    from mmfurnace.bench.runtime_report import best_cpu_vs_eager, plot_runtimes, print_table
+    from mmfurnace.bench.runtimes import bench_runtimes
     from mmfurnace.export import export_checkpoint, load_spec, make_example_batch
 
     with tempfile.TemporaryDirectory(prefix="mmfurnace-runtimes-") as tmp:

@@ -23,26 +23,13 @@ import numpy as np
 
 from mmfurnace.bench.machine import machine_info
 from mmfurnace.bench.regression import reference_workload
-from mmfurnace.bench.runtime_report import (
-    REFERENCE,
-    best_cpu_vs_eager,
-    flat_metrics,
-    format_machine,
-    format_table,
-    plot_runtimes,
-    print_table,
-    throughput,
-)
+from mmfurnace.bench.runtime_report import flat_metrics
 from mmfurnace.bench.timing import percentiles, time_interleaved
 from mmfurnace.data.batch import Batch
 from mmfurnace.errors import ConfigError
 from mmfurnace.export.inputs import flatten_batch
 from mmfurnace.export.runtimes import RUNTIMES
 from mmfurnace.export.spec import FULL_GRAPH, load_spec
-
-# The result's tables and plots live in runtime_report; these names are imported from here too.
-__all__ = ["REFERENCE", "bench_runtimes", "best_cpu_vs_eager", "flat_metrics", "format_machine", "format_table",
-           "plot_runtimes", "print_table", "throughput"]
 
 
 def bench_runtimes(

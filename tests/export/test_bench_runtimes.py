@@ -7,13 +7,13 @@ import json
 import pytest
 
 from mmfurnace.bench.machine import ISA_FLAGS, machine_info
-from mmfurnace.bench.runtimes import (
-    bench_runtimes,
+from mmfurnace.bench.runtime_report import (
     best_cpu_vs_eager,
     format_table,
     plot_runtimes,
     print_table,
 )
+from mmfurnace.bench.runtimes import bench_runtimes
 from mmfurnace.export import make_example_batch
 from tests.export.conftest import Exported
 
@@ -84,4 +84,4 @@ def test_old_engine_names_still_run_the_runtime_benchmark(monkeypatch) -> None:
     engines.bench_engines("export", {}, backends=["eager"], iters=3)
     engine_suite.run_engine_bench(None, backends=["onnxruntime"])
     assert seen == {"bench": {"runtimes": ["eager"], "iters": 3}, "suite": {"runtimes": ["onnxruntime"]}}
-    assert engines.plot_engines is runtimes.plot_runtimes
+    assert engines.plot_engines is plot_runtimes
