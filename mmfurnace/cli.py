@@ -1,6 +1,6 @@
 """The `mmfurnace` command line: thin wrappers over the packages.
 
-Imports happen inside commands so `mmfurnace --help` stays fast and optional backends load
+Imports happen inside commands so `mmfurnace --help` stays fast and optional runtimes load
 only when used. Errors mmfurnace raises on purpose are printed as one clear line (exit 2).
 """
 
@@ -92,16 +92,12 @@ def train_cmd(
     config: Annotated[Optional[Path], typer.Argument(help="YAML run config")] = None,  # noqa: UP045
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option(help="Continue exactly from <train.out_dir>/last")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
-    """Train a model (also under torchrun: `torchrun -m mmfurnace.train.recipe CONFIG ...`)."""
-    from mmfurnace.config import load_run_config
-    from mmfurnace.train.recipe import train
+    """Train a model (under torchrun: `torchrun --nproc_per_node N -m mmfurnace.train CONFIG ...`)."""
+    from mmfurnace.train.command import run_training
 
-    try:
-        result = train(load_run_config(config, overrides or []), resume=resume)
-    except MMFurnaceError as err:
-        _fail(err)
-    typer.echo(f"done: {result.out_dir}  test: {_short(result.test_metrics)}")
+    raise typer.Exit(run_training(config, overrides or [], resume=resume, progress=progress))
 
 
 @app.command("eval")
@@ -242,7 +238,7 @@ def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (a run's best/ or last/)")],
     out: Annotated[Path, typer.Option(help="Export folder")] = Path("exports/model"),
     format: Annotated[str, typer.Option(help="onnx, torchscript or both (comma-separated)")] = "onnx,torchscript",
-    check: Annotated[bool, typer.Option(help="Run every available backend on a real validation batch; fail on mismatch")] = False,
+    check: Annotated[bool, typer.Option(help="Run every available runtime on a real validation batch; fail on mismatch")] = False,
     precisions: Annotated[str, typer.Option(help="Precisions for --check: fp32,bf16,fp16,int8")] = "fp32",
 ) -> None:
     """Export the full model, each modality encoder and the fusion+head, with an export.json sidecar."""
@@ -275,27 +271,28 @@ def export_cmd(
 def bench_cmd(
     source: Annotated[Optional[Path], typer.Argument(help="Export folder or checkpoint; omit for a fresh default model")] = None,  # noqa: UP045
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes")] = "1,8,32,128",
-    backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends (default: all available)")] = None,  # noqa: UP045
+    # --backends: the option's old name, still accepted
+    runtimes: Annotated[Optional[str], typer.Option("--runtimes", "--backends", help="Comma-separated runtimes (default: all available)")] = None,  # noqa: UP045
     precisions: Annotated[str, typer.Option(help="Comma-separated: fp32,bf16,fp16,int8")] = "fp32",
-    iters: Annotated[int, typer.Option(help="Timed calls per backend and batch size")] = 20,
-    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for every backend")] = None,  # noqa: UP045
+    iters: Annotated[int, typer.Option(help="Timed calls per runtime and batch size")] = 20,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for every runtime")] = None,  # noqa: UP045
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results JSON here")] = None,  # noqa: UP045
     png: Annotated[Optional[Path], typer.Option(help="Write a bar chart here")] = None,  # noqa: UP045
     save_baseline: Annotated[Optional[Path], typer.Option(help="Save these results as a baseline")] = None,  # noqa: UP045
     compare: Annotated[Optional[Path], typer.Option(help="Compare against a baseline; exit 1 on regression")] = None,  # noqa: UP045
     tolerance: Annotated[float, typer.Option(help="Allowed slowdown before a metric regresses")] = 0.15,
 ) -> None:
-    """Latency p50/p95/p99 and throughput per batch size for every backend and precision, in one run."""
-    from mmfurnace.bench.engine_suite import run_engine_bench
+    """Latency p50/p95/p99 and throughput per batch size for every runtime and precision, in one run."""
     from mmfurnace.bench.regression import compare as compare_results
     from mmfurnace.bench.regression import load_result, print_compare
     from mmfurnace.bench.regression import save_baseline as save
+    from mmfurnace.bench.runtime_suite import run_runtime_bench
 
     try:
         baseline = load_result(compare) if compare else None  # a bad file fails before the run
-        result = run_engine_bench(
+        result = run_runtime_bench(
             source, batch_sizes=[int(b) for b in batch_sizes.split(",") if b.strip()],
-            backends=backends.split(",") if backends else None,
+            runtimes=runtimes.split(",") if runtimes else None,
             precisions=[p.strip() for p in precisions.split(",") if p.strip()],
             iters=iters, threads=threads, json_path=json_out, png_path=png,
         )
@@ -334,13 +331,6 @@ def serve_cmd(
             run_server(export_dir, cfg, host=host, port=port)
     except MMFurnaceError as err:
         _fail(err)
-
-
-def _short(metrics: dict | None) -> str:
-    if not metrics:
-        return "-"
-    keys = ("accuracy", "macro_f1", "micro_f1")
-    return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -112,15 +112,15 @@ def fusion_variants(runs: Path, fusion_epochs: int) -> list:
     first, so they exist by then): trained jointly from scratch, the fusions fit whichever
     modality is easiest first and the others' encoders lag, and the result swung by up to
     25 points between seeds (README, Results)."""
-    from mmfurnace.train.ablation import Variant
+    from mmfurnace.train.ablation import ConfigVariant
 
     # one modality: nothing to drop out
-    variants = [Variant(f"unimodal-{m}", (f"data.modalities=[{m}]", "model.fusion=late",
-                                          "train.modality_dropout={}"))
+    variants = [ConfigVariant(f"unimodal-{m}", (f"data.modalities=[{m}]", "model.fusion=late",
+                                                "train.modality_dropout={}"))
                 for m in UNIMODAL]
     warm = tuple(f"train.init_encoders.{m}={runs.resolve() / f'unimodal-{m}'}/seed{{seed}}/best"
                  for m in UNIMODAL)
-    variants += [Variant(f, (f"model.fusion={f}", f"train.epochs={fusion_epochs}", *warm))
+    variants += [ConfigVariant(f, (f"model.fusion={f}", f"train.epochs={fusion_epochs}", *warm))
                  for f in FUSIONS_COMPARED]
     return variants
 

@@ -133,13 +133,13 @@ def test_distilled_and_half_checkpoints_eval_and_export(run, method, options, va
     dtype = next(model.parameters()).dtype
     inputs = {m: x.to(dtype) if x.is_floating_point() else x for m, x in batch.inputs.items()}
     with torch.no_grad():
-        as_saved = model(inputs, batch.present, batch.padding).logits.float()
+        as_saved = model(inputs, batch.present, batch.valid).logits.float()
     # served as it was saved (one trimmed row vs a padded batch: BF16 rounds them differently)
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(served, as_saved[0], rtol=tol, atol=tol)
     logits = torch.from_numpy(RUNTIMES["onnxruntime"](base / f"export-{method}").run(batch))
     with torch.no_grad():
-        want = model.float()(batch.inputs, batch.present, batch.padding).logits
+        want = model.float()(batch.inputs, batch.present, batch.valid).logits
     torch.testing.assert_close(logits, want, rtol=1e-3, atol=1e-3)
 
 
@@ -150,13 +150,13 @@ def _serve_checkpoint_eagerly(checkpoint: Path, batch) -> torch.Tensor:
     from mmfurnace.serve.config import ServeConfig
     from mmfurnace.serve.engine import InferenceEngine
 
-    eager = {"device": "cpu", "backend": "eager"}
+    eager = {"device": "cpu", "runtime": "eager"}
     cfg = ServeConfig(max_wait_ms=2, stages={m: eager for m in INFO.modalities}, fusion=eager)
     row = {m: batch.inputs[m][0].numpy() for m in INFO.modalities if bool(batch.present[m][0])}
     if "audio" in row:
-        row["audio"] = row["audio"][: int(batch.padding["audio"][0].sum())]
+        row["audio"] = row["audio"][: int(batch.valid["audio"][0].sum())]
     if "text" in row:
-        row["text"] = row["text"][: int(batch.padding["text"][0].sum())]
+        row["text"] = row["text"][: int(batch.valid["text"][0].sum())]
 
     async def infer():
         async with InferenceEngine.from_checkpoint(checkpoint, cfg) as engine:

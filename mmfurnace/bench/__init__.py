@@ -1,5 +1,5 @@
 """Profiling and benchmarks: per-stage timing, framework traces, FLOP counts, baselines.
 
 Kept import-light on purpose: import the submodule you need (``mmfurnace.bench.profile``,
-``.flops``, ``.regression``, ``.timing``, ``.engines``, ``.machine``).
+``.flops``, ``.regression``, ``.timing``, ``.runtimes``, ``.machine``).
 """

@@ -43,7 +43,7 @@ def count_flops(model: nn.Module, batch: Batch | Tensor | tuple[Any, ...]) -> di
                 if m not in batch.inputs:
                     continue
                 features[m], flops[f"encoder.{m}"] = _counted(
-                    lambda m=m: model.encode(m, batch.inputs[m], batch.padding.get(m), batch.present.get(m))
+                    lambda m=m: model.encode(m, batch.inputs[m], batch.valid.get(m), batch.present.get(m))
                 )
             fusion_out, flops["fusion"] = _counted(lambda: model.fusion(features, batch.present))
             _, flops["head"] = _counted(lambda: model.head(fusion_out.fused))
@@ -158,7 +158,7 @@ def _prepare(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
 
     return Batch(
         inputs=cast(batch.inputs),
-        padding={k: v.to(device) for k, v in batch.padding.items()},
+        valid={k: v.to(device) for k, v in batch.valid.items()},
         present={k: v.to(device) for k, v in batch.present.items()},
         labels=batch.labels.to(device),
     )

@@ -5,7 +5,7 @@ It loads a training checkpoint, builds the method's config from the options (val
 runs the method, then measures the parent and every variant in the same run on the same
 inputs (accuracy on the test split, latency/throughput interleaved, params, MACs, size) and
 appends the rows to the report. Each variant is compared with the FP32 parent on the *same
-backend* (onnxruntime INT8 vs onnxruntime FP32; eager FP16 vs eager FP32).
+runtime* (onnxruntime INT8 vs onnxruntime FP32; eager FP16 vs eager FP32).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class CompressResult:
 
     rows: measured rows (parents first), as written to the report (see report.COLUMNS);
     each variant row has ``budget_pt`` and ``gate`` ("PASS" / "FAILED", see gate.py).
-    artifacts: variant key (``name@backend``) -> checkpoint or export directory, for the
+    artifacts: variant key (``name@runtime``) -> checkpoint or export directory, for the
     variants that PASSED the accuracy gate only: what a later step may pick.
     rejected: the same for the FAILED variants (kept on disk, for inspection).
     report: paths written (md, csv, png; sensitivity table/chart when that method ran).
@@ -98,7 +98,7 @@ def compress(
     ``finetune_epochs``/``lr``/``max_steps`` set the fine-tune). data_cfg: the data section
     to read (default: the checkpoint's); datasets: pre-built splits ("train", "valid",
     optional "test") instead. threads: intra-op threads for the method's own work (fine-tuning,
-    calibration) and for both backends while measuring (default: torch's).
+    calibration) and for both runtimes while measuring (default: torch's).
     rounds / latency_samples / throughput_batch: see :func:`measure_variants`.
     accuracy_budget: the accuracy points a variant may lose against its parent before it is
     FAILED (default: its method family's, gate.BUDGETS: INT8 1, pruning 1.5, student 2).
@@ -117,8 +117,8 @@ def compress(
     with torch_threads(threads):  # fine-tuning small models: see TrainConfig.threads
         variants = METHODS[method].run(ctx, config)
     if _wants_openvino(openvino, METHODS[method].family):
-        variants += [ctx.ov_variant(v) for v in variants if v.backend == "onnxruntime"]
-    rows = measure_variants(ctx, parents(ctx, {v.backend for v in variants}) + variants, rounds=rounds,
+        variants += [ctx.ov_variant(v) for v in variants if v.runtime == "onnxruntime"]
+    rows = measure_variants(ctx, parents(ctx, {v.runtime for v in variants}) + variants, rounds=rounds,
                             latency_samples=latency_samples, throughput_batch=throughput_batch)
     for row in rows:
         row.update(run=ctx.out_dir.name, checkpoint=str(ctx.meta.path), method=method if row["parent"] else "parent")
@@ -129,8 +129,8 @@ def compress(
     if "sensitivity_files" in ctx.details:
         report.update({f"sensitivity_{k}": v for k, v in ctx.details.pop("sensitivity_files").items()})
     made = [v for v in variants if v.path is not None]
-    artifacts = {_key(v): v.path for v in made if (v.name, v.backend) not in failed}
-    rejected = {_key(v): v.path for v in made if (v.name, v.backend) in failed}
+    artifacts = {_key(v): v.path for v in made if (v.name, v.runtime) not in failed}
+    rejected = {_key(v): v.path for v in made if (v.name, v.runtime) in failed}
     result = CompressResult(method, config_dict(config), ctx.out_dir, rows, artifacts, report, ctx.details,
                             rejected)
     write_json_atomic(ctx.out_dir / "result.json", _jsonable(result))
@@ -189,22 +189,22 @@ def _build_splits(data_cfg: Any) -> dict[str, Dataset]:
     return splits
 
 
-def parents(ctx: Context, backends: set[str]) -> list[Variant]:
-    """The FP32 parent on each of ``backends`` (eager torch: the checkpoint; onnxruntime and
+def parents(ctx: Context, runtimes: set[str]) -> list[Variant]:
+    """The FP32 parent on each of ``runtimes`` (eager torch: the checkpoint; onnxruntime and
     openvino: its export)."""
     out = []
     model = ctx.model
-    if "torch" in backends or not backends:
+    if "torch" in runtimes or not runtimes:
         path = Path(ctx.meta.path)
         out.append(Variant(FP32["torch"], "torch", TorchPredictor(model), count_params(model),
                                count_macs(model, ctx.example), path, size_on_disk(path / "model.safetensors")))
-    if "onnxruntime" in backends or "openvino" in backends:
+    if "onnxruntime" in runtimes or "openvino" in runtimes:
         export = ctx.fp32_export()
         ort = ctx.ort_variant(FP32["onnxruntime"], export, params=count_params(model),
                               macs=count_macs(model, ctx.example))
-        if "onnxruntime" in backends:
+        if "onnxruntime" in runtimes:
             out.append(ort)
-        if "openvino" in backends:
+        if "openvino" in runtimes:
             ov = ctx.ov_variant(ort)
             ov.name = FP32["openvino"]
             out.append(ov)
@@ -216,7 +216,7 @@ def measure_variants(ctx: Context, variants: Sequence[Variant], *, rounds: int, 
     """Accuracy on the eval split (test, else valid), then latency and throughput of all
     variants interleaved on the same inputs: ``latency_samples`` real batch-1 requests and one
     batch of ``throughput_batch`` real rows, ``rounds`` rounds. Returns one row per variant
-    (report.COLUMNS keys); ``delta_pt`` and ``speedup`` compare with the same backend's
+    (report.COLUMNS keys); ``delta_pt`` and ``speedup`` compare with the same runtime's
     FP32 parent when it is among ``variants``."""
     eval_rows = [r for b in ctx.eval_batches for r in split_samples(b, len(b))]
     singles = eval_rows[:latency_samples]
@@ -224,22 +224,22 @@ def measure_variants(ctx: Context, variants: Sequence[Variant], *, rounds: int, 
     timings = benchmark({_key(v): v.predict for v in variants}, singles=singles, batch=big,
                         rounds=rounds, threads=ctx.threads)
     isa = cpu_info()["isa"]
-    rows, by_backend = [], {}
+    rows, by_runtime = [], {}
     for v in variants:
         acc = evaluate_predict(v.predict, ctx.eval_batches, multilabel=ctx.multilabel)
         t = timings[_key(v)]
-        is_parent = v.name == FP32.get(v.backend)
-        row = {"variant": v.name, "backend": v.backend, "parent": None if is_parent else FP32[v.backend],
+        is_parent = v.name == FP32.get(v.runtime)
+        row = {"variant": v.name, "backend": v.runtime, "parent": None if is_parent else FP32[v.runtime],
                "accuracy": acc, "p50_ms": t.p50_ms, "p95_ms": t.p95_ms, "throughput": t.throughput,
                "cpu_throughput": t.cpu_throughput,
                "batch_size": t.batch_size,
                "size_bytes": v.size_bytes, "params": v.params, "macs": v.macs, "isa": isa,
                "path": str(v.path) if v.path else None, **v.notes}
         if is_parent:
-            by_backend[v.backend] = row
+            by_runtime[v.runtime] = row
         rows.append(row)
     for row in rows:
-        parent = by_backend.get(row["backend"])
+        parent = by_runtime.get(row["backend"])
         if parent is not None:
             row["delta_pt"] = 100 * (row["accuracy"] - parent["accuracy"])
             row["speedup"] = row["throughput"] / parent["throughput"]
@@ -249,7 +249,7 @@ def measure_variants(ctx: Context, variants: Sequence[Variant], *, rounds: int, 
 
 
 def _key(v: Variant) -> str:
-    return f"{v.name}@{v.backend}"
+    return f"{v.name}@{v.runtime}"
 
 
 def _concat(rows: list[Batch], n: int) -> Batch:

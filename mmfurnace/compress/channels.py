@@ -110,9 +110,9 @@ class _Pruner:
             return self.text_transformer(encoder)
         if modality not in example.inputs:
             raise ConfigError(f"ChannelConfig: the example batch has no {modality!r} input to trace its encoder with")
-        return self.torch_pruning(modality, encoder, example.inputs[modality], example.padding.get(modality))
+        return self.torch_pruning(modality, encoder, example.inputs[modality], example.valid.get(modality))
 
-    def torch_pruning(self, modality: str, encoder: nn.Module, x: Tensor, padding: Tensor | None) -> Tensor | None:
+    def torch_pruning(self, modality: str, encoder: nn.Module, x: Tensor, valid: Tensor | None) -> Tensor | None:
         """Torch-Pruning on one encoder; returns the kept output channels (None: unchanged)."""
         import torch_pruning as tp
 
@@ -123,7 +123,7 @@ class _Pruner:
             importance = tp.importance.GroupMagnitudeImportance(p=1 if self.config.importance == "l1" else 2)
         try:
             pruner = tp.pruner.MetaPruner(
-                encoder, {"x": x, "padding": padding}, importance=importance, pruning_ratio=self.ratio,
+                encoder, {"x": x, "valid": valid}, importance=importance, pruning_ratio=self.ratio,
                 round_to=self.config.round_to, output_transform=lambda out: [out.pooled, out.sequence],
             )
             removed: list[int] = []

@@ -87,7 +87,7 @@ class HalfConfig:
 class Int8DynamicConfig:
     """INT8 weights, activations quantized per batch at run time (no calibration).
 
-    backend "onnxruntime" quantizes the exported ONNX graph (MatMul/Gemm/attention; Conv with
+    runtime "onnxruntime" quantizes the exported ONNX graph (MatMul/Gemm/attention; Conv with
     ``op_types`` including "Conv"); "torch" swaps nn.Linear for torch.ao dynamic quantized
     Linear (attention in_proj stays FP32: nn.MultiheadAttention reads the raw parameter).
     int8_format (onnxruntime): "auto" picks the format exact on this CPU (u8s8 with VNNI,
@@ -95,13 +95,13 @@ class Int8DynamicConfig:
     (mmfurnace.export.int8_format).
     """
 
-    backend: str = "onnxruntime"
+    runtime: str = "onnxruntime"
     per_channel: bool = True
     op_types: tuple[str, ...] = ("MatMul", "Gemm", "Attention")
     int8_format: str = AUTO
 
     def __post_init__(self) -> None:
-        _choice("Int8DynamicConfig", "backend", self.backend, ("onnxruntime", "torch"))
+        _choice("Int8DynamicConfig", "runtime", self.runtime, ("onnxruntime", "torch"))
         check_format_name(self.int8_format, where="Int8DynamicConfig.int8_format")
         object.__setattr__(self, "op_types", tuple(self.op_types))
 
@@ -326,6 +326,8 @@ def build_config(cls: type, options: dict[str, Any], *, method: str) -> Any:
                 base["epochs"] = short.pop("finetune_epochs")
             base.update(short)
             options["finetune"] = base
+    if "runtime" in known and "backend" in options:  # the option's old name, still read
+        options.setdefault("runtime", options.pop("backend"))
     unknown = sorted(set(options) - known)
     if unknown:
         extra = " (and finetune_epochs, lr, max_steps)" if "finetune" in known else ""

@@ -28,13 +28,18 @@ class Variant:
     """A model to measure: a predictor plus what is known about it without running it."""
 
     name: str
-    backend: str  # "torch" | "onnxruntime" | "openvino"
+    runtime: str  # "torch" | "onnxruntime" | "openvino"
     predict: Callable[[Batch], torch.Tensor]
     params: int
     macs: int
     path: Path | None  # the artefact on disk (checkpoint or export directory)
     size_bytes: int
     notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        """The old name of :attr:`runtime` (reports still write it under the key "backend")."""
+        return self.runtime
 
 
 class Context:

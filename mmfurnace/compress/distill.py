@@ -100,7 +100,7 @@ class DistillLoss(nn.Module):
         student saw); the teacher runs on the batch itself. A ``loss_fn`` for train_step."""
         with torch.no_grad():
             self.teacher.eval()
-            teacher_out = self.teacher(batch.inputs, batch.present, batch.padding)
+            teacher_out = self.teacher(batch.inputs, batch.present, batch.valid)
         cfg = self.config
         loss = (1 - cfg.alpha) * task_loss(out.logits, batch.labels, multilabel=self.multilabel)
         if cfg.alpha > 0:

@@ -23,8 +23,8 @@ from mmfurnace.train.config import TrainConfig
 from mmfurnace.train.losses import LossFn, LossParts
 from mmfurnace.train.losses import training_loss as training_loss  # the loss callers pass here
 from mmfurnace.train.precision import make_scaler
-from mmfurnace.train.recipe import train_step
 from mmfurnace.train.schedule import build_optimizer, warmup_cosine
+from mmfurnace.train.step import train_step
 
 
 def finetune(

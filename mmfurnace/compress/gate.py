@@ -1,5 +1,5 @@
 """The accuracy gate: every compressed variant may lose at most a budget of accuracy points
-against its FP32 parent on the same backend (measured in the same run, on the eval split), or
+against its FP32 parent on the same runtime (measured in the same run, on the eval split), or
 it is FAILED — marked so in the report, and not offered as the output a later step picks.
 
 Budgets per method family (points of accuracy; override with ``compress(..., budget=)`` or
@@ -51,6 +51,6 @@ def apply_gate(rows: Sequence[dict[str, Any]], budget: float) -> list[dict[str, 
 
 
 def describe_failures(failed: Sequence[dict[str, Any]]) -> str:
-    """One line naming each FAILED row: ``variant@backend lost X pt (budget Y)``."""
+    """One line naming each FAILED row: ``variant@runtime lost X pt (budget Y)``."""
     return "; ".join(f"{r['variant']}@{r['backend']} lost {-r['delta_pt']:.2f} pt (budget {r['budget_pt']:g})"
                      for r in failed)

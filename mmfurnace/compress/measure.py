@@ -93,8 +93,8 @@ def split_samples(batch: Batch, count: int) -> list[Batch]:
         inputs = {}
         for m, x in batch.inputs.items():
             row = x[i]
-            if m in batch.padding:
-                row = row[: max(int(batch.padding[m][i].sum()), 1)]
+            if m in batch.valid:
+                row = row[: max(int(batch.valid[m][i].sum()), 1)]
             if bool(batch.present[m][i]):
                 inputs[m] = row
         out.append(_one(inputs, batch.labels[i], sorted(batch.present)))
@@ -188,4 +188,4 @@ def _cast_batch(batch: Batch, dtype: torch.dtype) -> Batch:
     if dtype == torch.float32:
         return batch
     inputs = {m: x.to(dtype) if x.is_floating_point() else x for m, x in batch.inputs.items()}
-    return Batch(inputs=inputs, padding=batch.padding, present=batch.present, labels=batch.labels)
+    return Batch(inputs=inputs, valid=batch.valid, present=batch.present, labels=batch.labels)

@@ -83,7 +83,7 @@ _method("bf16", HalfConfig, "BF16 weights and activations (eager PyTorch)", fami
 @_method("int8-dynamic", Int8DynamicConfig, "INT8 weights, per-batch activation ranges (onnxruntime or torch.ao)",
          family="int8")
 def _int8_dynamic(ctx: Context, cfg: Int8DynamicConfig) -> list[Variant]:
-    if cfg.backend == "torch":
+    if cfg.runtime == "torch":
         model = quantize_(ctx.copy_model(), cfg)
         path = ctx.out_dir / "int8-dynamic-torch"
         path.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def _distill(ctx: Context, cfg: DistillConfig) -> list[Variant]:
 
 def _torch_and_ort(ctx: Context, name: str, model: nn.Module, path: Path, *, nonzero: bool = False,
                    pickled: bool = False, model_config: Any | None = None) -> list[Variant]:
-    """A torch model measured on both backends (its ONNX export under out_dir/<name>-onnx)."""
+    """A torch model measured on both runtimes (its ONNX export under out_dir/<name>-onnx)."""
     torch_v = ctx.torch_variant(name, model, path, nonzero=nonzero)
     cfg = None if pickled else (model_config or ctx.meta.config.model)
     export = export_onnx(model, ctx.info, ctx.out_dir / f"{name}-onnx", config=cfg, source=str(path))

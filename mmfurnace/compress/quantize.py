@@ -2,7 +2,7 @@
 
 Which library does what:
 - ``quantize_(model, config, filter_fn=...)`` works on the PyTorch module in place:
-  HalfConfig -> ``model.to(dtype)``; Int8DynamicConfig(backend="torch") ->
+  HalfConfig -> ``model.to(dtype)``; Int8DynamicConfig(runtime="torch") ->
   ``torch.ao.quantization.quantize_dynamic`` on the selected nn.Linear (fbgemm/x86 INT8
   kernels; torch.ao.quantization is deprecated but is what ships in torch with eager CPU
   INT8 kernels — torchao's replacement runs its CPU INT8 path through torch.compile).
@@ -10,7 +10,7 @@ Which library does what:
   onnxruntime.quantization: ``quant_pre_process`` first, then ``quantize_dynamic`` or
   ``quantize_static`` (QDQ format, U8 activations x S8 per-channel weights, calibration
   MinMax / Percentile / Entropy over real batches fed by :class:`BatchReader`). This is the
-  deployment backend, so its INT8 numbers are compared with onnxruntime FP32 on the same
+  deployment runtime, so its INT8 numbers are compared with onnxruntime FP32 on the same
   machine, never with eager PyTorch.
 
 The INT8 format follows the CPU (mmfurnace.export.int8_format): where ORT's U8S8 kernels sum
@@ -67,7 +67,7 @@ def quantize_(model: nn.Module, config: object, filter_fn: FilterFn | None = Non
     """Quantize ``model`` in place as ``config`` says; returns it.
 
     HalfConfig: cast parameters and buffers to float16/bfloat16 (``autocast=True`` leaves the
-    weights alone: the runner applies autocast). Int8DynamicConfig(backend="torch"): swap the
+    weights alone: the runner applies autocast). Int8DynamicConfig(runtime="torch"): swap the
     nn.Linear layers ``filter_fn(module, name)`` selects (default: every Linear outside
     attention blocks) for torch.ao dynamic INT8 Linear. Static INT8 works on the exported
     graph: use :func:`quantize_onnx`.
@@ -77,10 +77,10 @@ def quantize_(model: nn.Module, config: object, filter_fn: FilterFn | None = Non
             model.to(DTYPES[config.dtype])
         return model
     if isinstance(config, Int8DynamicConfig):
-        if config.backend != "torch":
+        if config.runtime != "torch":
             raise ConfigError(
-                "Int8DynamicConfig.backend: 'onnxruntime' quantizes the exported graph; call "
-                "quantize_onnx(...) or use backend='torch' to quantize the module in place"
+                "Int8DynamicConfig.runtime: 'onnxruntime' quantizes the exported graph; call "
+                "quantize_onnx(...) or use runtime='torch' to quantize the module in place"
             )
         return _dynamic_torch_(model, filter_fn or _default_linear_filter)
     if isinstance(config, Int8StaticConfig):
@@ -179,8 +179,8 @@ def quantize_onnx(
         dst = Path(tmp) / ONNX_FILE
         only = list(nodes) if nodes is not None else []
         if isinstance(config, Int8DynamicConfig):
-            if config.backend != "onnxruntime":
-                raise ConfigError("Int8DynamicConfig.backend: quantize_onnx needs 'onnxruntime'")
+            if config.runtime != "onnxruntime":
+                raise ConfigError("Int8DynamicConfig.runtime: quantize_onnx needs 'onnxruntime'")
             quantize_dynamic(
                 pre, dst, op_types_to_quantize=list(config.op_types), per_channel=config.per_channel,
                 reduce_range=fmt.reduce_range, weight_type=QuantType.QInt8, nodes_to_quantize=only,
@@ -311,25 +311,25 @@ def uniform_batches(batches: list[Batch]) -> list[Batch]:
 
     size = len(batches[0])
     batches = [b for b in batches if len(b) == size]
-    like = {m: b.inputs[m] for b in batches for m in b.padding}  # an example tensor per modality
-    longest = {m: max(b.padding[m].shape[1] for b in batches if m in b.padding) for m in like}
+    like = {m: b.inputs[m] for b in batches for m in b.valid}  # an example tensor per modality
+    longest = {m: max(b.valid[m].shape[1] for b in batches if m in b.valid) for m in like}
     out = []
     for b in batches:
-        inputs, padding = dict(b.inputs), dict(b.padding)
+        inputs, valid = dict(b.inputs), dict(b.valid)
         for m, n in longest.items():
-            if m not in padding:  # absent from every row of this batch: all padding
+            if m not in valid:  # absent from every row of this batch: all padding
                 x = like[m]
                 inputs[m] = x.new_full((size, n, *x.shape[2:]), PAD_ID if not x.is_floating_point() else 0)
-                padding[m] = torch.zeros(size, n, dtype=torch.bool)
+                valid[m] = torch.zeros(size, n, dtype=torch.bool)
                 continue
-            extra = n - padding[m].shape[1]
+            extra = n - valid[m].shape[1]
             if extra == 0:
                 continue
             x = inputs[m]
             fill = PAD_ID if not x.is_floating_point() else 0
             inputs[m] = torch.cat([x, x.new_full((x.shape[0], extra, *x.shape[2:]), fill)], dim=1)
-            padding[m] = torch.cat([padding[m], padding[m].new_zeros(x.shape[0], extra)], dim=1)
-        out.append(Batch(inputs=inputs, padding=padding, present=b.present, labels=b.labels))
+            valid[m] = torch.cat([valid[m], valid[m].new_zeros(x.shape[0], extra)], dim=1)
+        out.append(Batch(inputs=inputs, valid=valid, present=b.present, labels=b.labels))
     return out
 
 

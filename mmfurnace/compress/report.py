@@ -41,7 +41,7 @@ def append_report(report_dir: str | Path, rows: Sequence[dict[str, Any]], *, tit
         if f.tell() == 0:
             f.write("# Compression results\n\nEach section: a parent model and its compressed variants, "
                     "measured in one run on the same inputs (latency interleaved). Δ pt and × parent "
-                    "compare each variant with the FP32 parent on the same backend (× parent (CPU time): per "
+                    "compare each variant with the FP32 parent on the same runtime (× parent (CPU time): per "
                     "second of this process's CPU time, steadier on a shared machine).\n\n")
         f.write("\n".join(section) + "\n")
     if plot:
@@ -89,7 +89,7 @@ def _cell(key: str, row: dict[str, Any]) -> str:
 
 def pareto_plot(path: Path, rows: Sequence[dict[str, Any]], *, title: str) -> Path:
     """Accuracy (y) vs latency (x, log): left batch-1 p50, right one batch of
-    ``throughput_batch`` rows. Marker area ~ size on disk; colour = backend; FP32 parents
+    ``throughput_batch`` rows. Marker area ~ size on disk; colour = runtime; FP32 parents
     drawn as squares."""
     import matplotlib
 

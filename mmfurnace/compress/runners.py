@@ -20,7 +20,7 @@ class TorchPredictor:
     inference path for the call (it reads ``linear.weight`` directly, which a torch.ao
     quantized Linear does not have as a tensor); the global flag is restored after."""
 
-    backend = "torch"
+    runtime_name = "torch"
 
     def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None,
                  autocast: torch.dtype | None = None, fastpath: bool = True) -> None:
@@ -36,7 +36,7 @@ class TorchPredictor:
         region = (torch.autocast("cpu", dtype=self.autocast) if self.autocast is not None
                   else contextlib.nullcontext())
         with torch.no_grad(), region, mha_fastpath(self.fastpath):
-            return self.model(inputs, batch.present, batch.padding).logits.float()
+            return self.model(inputs, batch.present, batch.valid).logits.float()
 
 
 @contextlib.contextmanager
@@ -58,10 +58,10 @@ class OvPredictor:
     """An export directory run by ``RUNTIMES["openvino"]`` (CPU, ``threads``); INT8 (QDQ)
     exports run on OpenVINO's own INT8 kernels."""
 
-    backend = "openvino"
+    runtime_name = "openvino"
 
     def __init__(self, export_dir: str | Path, *, threads: int | None = None) -> None:
-        import mmfurnace.export.runtimes.openvino  # noqa: F401  (registers the backend)
+        import mmfurnace.export.runtimes.openvino  # noqa: F401  (registers the runtime)
         from mmfurnace.export.runtimes.registry import RUNTIMES
 
         self.export_dir = Path(export_dir)
@@ -78,10 +78,10 @@ class OvPredictor:
 class OrtPredictor:
     """An export directory run by ``RUNTIMES["onnxruntime"]`` (CPU EP, ``threads`` intra-op)."""
 
-    backend = "onnxruntime"
+    runtime_name = "onnxruntime"
 
     def __init__(self, export_dir: str | Path, *, threads: int | None = None) -> None:
-        import mmfurnace.export.runtimes.onnxruntime  # noqa: F401  (registers the backend)
+        import mmfurnace.export.runtimes.onnxruntime  # noqa: F401  (registers the runtime)
         from mmfurnace.export.runtimes.registry import RUNTIMES
 
         self.export_dir = Path(export_dir)

@@ -44,18 +44,25 @@ class Batch:
 
     inputs:  modality -> tensor; only modalities present in at least one sample appear.
              Rows of absent samples hold padding (zeros / PAD_ID) and must be ignored.
-    padding: sequence modality -> (batch, seq) bool, True where a real frame/token is.
+    valid:   sequence modality -> (batch, seq) bool, True where a real frame/token is (False
+             on padding; the opposite of torch's ``key_padding_mask``).
     present: every declared modality -> (batch,) bool.
     labels:  (batch,) int64 or (batch, num_labels) float32.
     """
 
     inputs: dict[str, Tensor]
-    padding: dict[str, Tensor]
+    valid: dict[str, Tensor]
     present: dict[str, Tensor]
     labels: Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def padding(self) -> dict[str, Tensor]:
+        """The old name of :attr:`valid` (same masks, True on real steps), for code written
+        against it; new code reads ``valid``."""
+        return self.valid
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         def move(d: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -63,7 +70,7 @@ class Batch:
 
         return Batch(
             inputs=move(self.inputs),
-            padding=move(self.padding),
+            valid=move(self.valid),
             present=move(self.present),
             labels=self.labels.to(device, non_blocking=non_blocking),
         )
@@ -73,7 +80,7 @@ class Batch:
         def pin(d: dict[str, Tensor]) -> dict[str, Tensor]:
             return {k: v.pin_memory() for k, v in d.items()}
 
-        return Batch(pin(self.inputs), pin(self.padding), pin(self.present), self.labels.pin_memory())
+        return Batch(pin(self.inputs), pin(self.valid), pin(self.present), self.labels.pin_memory())
 
     @property
     def modalities(self) -> list[str]:
@@ -86,7 +93,7 @@ def collate_samples(samples: Sequence[Sample], modalities: Sequence[str]) -> Bat
         raise InputError("cannot collate an empty list of samples")
     modalities = sorted(modalities)
     inputs: dict[str, Tensor] = {}
-    padding: dict[str, Tensor] = {}
+    valid: dict[str, Tensor] = {}
     present: dict[str, Tensor] = {}
     for modality in modalities:
         rows = [s.inputs.get(modality) for s in samples]
@@ -95,11 +102,11 @@ def collate_samples(samples: Sequence[Sample], modalities: Sequence[str]) -> Bat
         if not real:
             continue
         if modality in SEQUENCE_MODALITIES:
-            inputs[modality], padding[modality] = _pad_sequences(modality, rows)
+            inputs[modality], valid[modality] = _pad_sequences(modality, rows)
         else:
             inputs[modality] = _stack_fixed(modality, rows, real[0])
     labels = torch.stack([torch.as_tensor(s.label) for s in samples])
-    return Batch(inputs=inputs, padding=padding, present=present, labels=labels)
+    return Batch(inputs=inputs, valid=valid, present=present, labels=labels)
 
 
 def _stack_fixed(modality: str, rows: list[Tensor | None], like: Tensor) -> Tensor:

@@ -62,14 +62,14 @@ def plan_graphs(
     fusion_inputs: list[TensorSpec] = []
     with torch.no_grad():
         for m in modalities:
-            out = model.encode(m, example.inputs[m], example.padding.get(m), example.present[m])
+            out = model.encode(m, example.inputs[m], example.valid.get(m), example.present[m])
             steps: int | str = encoded_axis(m) if m in sequences else int(out.sequence.shape[1])
             dim = int(out.sequence.shape[-1])
             outputs = [
                 TensorSpec(f"{m}_sequence", "float32", (BATCH_AXIS, steps, dim)),
                 TensorSpec(f"{m}_pooled", "float32", (BATCH_AXIS, int(out.pooled.shape[-1]))),
             ]
-            if out.padding is not None:
+            if out.valid is not None:
                 if m not in sequences:
                     steps = encoded_axis(m)  # a mask that varies per row: keep the axis named
                     outputs[0] = TensorSpec(f"{m}_sequence", "float32", (BATCH_AXIS, steps, dim))
@@ -92,10 +92,10 @@ def flat_example(
     if split:
         with torch.no_grad():
             for m in modalities:
-                out = model.encode(m, example.inputs[m], example.padding.get(m), example.present[m])
+                out = model.encode(m, example.inputs[m], example.valid.get(m), example.present[m])
                 flat[f"{m}_sequence"], flat[f"{m}_pooled"] = out.sequence, out.pooled
-                if out.padding is not None:
-                    flat[f"{m}_sequence_mask"] = out.padding
+                if out.valid is not None:
+                    flat[f"{m}_sequence_mask"] = out.valid
     return flat
 
 

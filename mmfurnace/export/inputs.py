@@ -30,7 +30,7 @@ def flatten_batch(batch: Batch | Mapping[str, Any]) -> dict[str, Any]:
     """A Batch as flat names (``audio``, ``audio_mask``, ``audio_present``); dicts pass through."""
     if isinstance(batch, Batch):
         flat: dict[str, Any] = dict(batch.inputs)
-        flat.update({f"{m}_mask": v for m, v in batch.padding.items()})
+        flat.update({f"{m}_mask": v for m, v in batch.valid.items()})
         flat.update({f"{m}_present": v for m, v in batch.present.items()})
         return flat
     if isinstance(batch, Mapping):
@@ -202,7 +202,7 @@ def make_example_batch(
     gen = torch.Generator().manual_seed(seed)
     modalities = sorted(modalities if modalities is not None else info.modalities)
     lengths = {**{m: 13 + 8 * i for i, m in enumerate(modalities)}, **(lengths or {})}
-    inputs, padding, present = {}, {}, {}
+    inputs, valid, present = {}, {}, {}
     for i, m in enumerate(modalities):
         rows = torch.ones(batch_size, dtype=torch.bool)
         if absent and batch_size > 1 and len(modalities) > 1:
@@ -215,7 +215,7 @@ def make_example_batch(
             real[0] = n
             mask = (torch.arange(n)[None, :] < real[:, None]) & rows[:, None]
             full = (batch_size, n, *[d for d in shape[1:]])
-            padding[m] = mask
+            valid[m] = mask
         else:
             full = (batch_size, *shape)
             mask = None
@@ -233,4 +233,4 @@ def make_example_batch(
         labels = (torch.rand(batch_size, info.num_classes, generator=gen) > 0.5).float()
     else:
         labels = torch.randint(0, info.num_classes, (batch_size,), generator=gen)
-    return Batch(inputs=inputs, padding=padding, present=present, labels=labels)
+    return Batch(inputs=inputs, valid=valid, present=present, labels=labels)

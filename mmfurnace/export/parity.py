@@ -1,4 +1,4 @@
-"""Parity: run every available backend on one batch and compare its logits with eager FP32.
+"""Parity: run every available runtime on one batch and compare its logits with eager FP32.
 
 Tolerances (``ref`` = eager FP32 logits):
     fp32       max |logits - ref| <= 1e-4 * max(1, max |ref|)
@@ -6,7 +6,7 @@ Tolerances (``ref`` = eager FP32 logits):
     int8       accuracy delta vs eager <= 1 point, on the batch's labels (or, with no labels,
                on eager's own predictions — then it is the top-1 disagreement rate)
 
-Every backend runs through the shared evaluation loop
+Every runtime runs through the shared evaluation loop
 (:func:`mmfurnace.models.predict.predictions`) and accuracy is
 :func:`mmfurnace.models.predict.accuracy` (a share of rows; exact match for multi-label), so a
 delta here means what it means in the compression report.
@@ -35,10 +35,10 @@ INT8_MAX_ACCURACY_DROP = 1.0  # percentage points
 
 @dataclass(frozen=True)
 class ParityResult:
-    """One backend x precision. status: "pass", "fail", "skip" (not available / unsupported)
+    """One runtime x precision. status: "pass", "fail", "skip" (not available / unsupported)
     or "error" (it raised). metric: "max_abs_diff" or "accuracy_delta_pts"."""
 
-    backend: str
+    runtime: str
     precision: str
     status: str
     metric: str
@@ -58,19 +58,19 @@ def check_parity(
     export_dir: str | Path,
     batch: Batch | Mapping[str, Any] | None = None,
     *,
-    backends: Sequence[str] | None = None,
+    runtimes: Sequence[str] | None = None,
     precisions: Sequence[str] = ("fp32",),
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[ParityResult]:
-    """Compare every backend in ``backends`` (default: all registered) x ``precisions`` with
+    """Compare every runtime in ``runtimes`` (default: all registered) x ``precisions`` with
     eager FP32 on ``batch`` (default: a synthetic batch with padding and absent rows).
 
-    options: backend name -> extra constructor options (e.g. {"openvino": {"hint": "LATENCY"}}).
+    options: runtime name -> extra constructor options (e.g. {"openvino": {"hint": "LATENCY"}}).
     Backends that are not available here, or do not run a precision, are "skip" with the
     reason. Returns one ParityResult per pair, in a stable order.
     """
     spec = load_spec(export_dir)
-    names = list(backends) if backends is not None else RUNTIMES.names()
+    names = list(runtimes) if runtimes is not None else RUNTIMES.names()
     for name in names:
         RUNTIMES[name]  # unknown names: ConfigError listing the known ones
     batch = (
@@ -139,8 +139,8 @@ def _one(
         )
         logits = _logits(runtime, batch)
     except InputError:
-        raise  # the export or the batch is wrong: that is the user's error, not a backend's
-    except Exception as err:  # a backend failing is a result to report, whatever it raises
+        raise  # the export or the batch is wrong: that is the user's error, not a runtime's
+    except Exception as err:  # a runtime failing is a result to report, whatever it raises
         return ParityResult(
             name, precision, "error", metric, None, None, f"{type(err).__name__}: {err}"[:500]
         )
@@ -192,11 +192,11 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray, multilabel: bool) -> float
 
 def format_parity(results: Sequence[ParityResult]) -> str:
     """A plain-text table of the results."""
-    rows = [("backend", "precision", "status", "metric", "value", "tolerance", "note")]
+    rows = [("runtime", "precision", "status", "metric", "value", "tolerance", "note")]
     for r in results:
         rows.append(
             (
-                r.backend,
+                r.runtime,
                 r.precision,
                 r.status.upper(),
                 r.metric,
@@ -213,19 +213,19 @@ def format_parity(results: Sequence[ParityResult]) -> str:
 
 
 def parity_exit_code(results: Sequence[ParityResult]) -> int:
-    """0 when every checked backend passed (skips are fine), 1 otherwise (for ``--check``)."""
+    """0 when every checked runtime passed (skips are fine), 1 otherwise (for ``--check``)."""
     return 0 if all(r.ok for r in results) else 1
 
 
 def assert_parity(
     export_dir: str | Path, batch: Batch | Mapping[str, Any] | None = None, **kwargs: Any
 ) -> list[ParityResult]:
-    """check_parity, raising InputError naming the export and each failing backend."""
+    """check_parity, raising InputError naming the export and each failing runtime."""
     results = check_parity(export_dir, batch, **kwargs)
     failed = [r for r in results if not r.ok]
     if failed:
         lines = ", ".join(
-            f"{r.backend}/{r.precision}: {r.status}"
+            f"{r.runtime}/{r.precision}: {r.status}"
             + (
                 f" ({r.metric} {r.value:.3g} > {r.tolerance:.3g})"
                 if r.value is not None and r.tolerance is not None

@@ -44,8 +44,8 @@ class FlatClassifier(nn.Module):
         named = dict(zip(self.input_names, flat, strict=False))
         inputs = {m: named[m] for m in self.modalities}
         present = {m: named[f"{m}_present"] for m in self.modalities}
-        padding = {m: named[f"{m}_mask"] for m in self.sequences}
-        return _logits(self.model(inputs, present, padding))
+        valid = {m: named[f"{m}_mask"] for m in self.sequences}
+        return _logits(self.model(inputs, present, valid))
 
 
 class FlatEncoder(nn.Module):
@@ -65,8 +65,8 @@ class FlatEncoder(nn.Module):
         m = self.modality
         out = self.model.encode(m, named[m], named.get(f"{m}_mask"), named[f"{m}_present"])
         if self.gives_mask:
-            assert out.padding is not None, f"encoder {m} stopped returning padding"
-            return out.sequence, out.pooled, out.padding
+            assert out.valid is not None, f"encoder {m} stopped returning its valid mask"
+            return out.sequence, out.pooled, out.valid
         return out.sequence, out.pooled
 
 

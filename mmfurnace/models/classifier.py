@@ -96,19 +96,19 @@ class MultimodalClassifier(nn.Module):
             self.fusion.set_grad_checkpointing(enabled)
 
     def encode(
-        self, modality: str, x: Tensor, padding: Tensor | None = None, present: Tensor | None = None
+        self, modality: str, x: Tensor, valid: Tensor | None = None, present: Tensor | None = None
     ) -> EncoderOutput:
-        """Run one modality's encoder. x: that modality's batch tensor; padding (batch, seq) bool
-        True=real; present (batch,) bool: absent rows are zeroed (and their padding cleared)
+        """Run one modality's encoder. x: that modality's batch tensor; valid (batch, seq) bool
+        True=real; present (batch,) bool: absent rows are zeroed (and their valid mask cleared)
         first, so whatever they hold cannot reach any output or gradient."""
         if modality not in self.encoders:
             raise InputError(f"model has no encoder for {modality!r}; it has {self.modalities}")
         if present is not None:
             present = present.to(torch.bool)
             x = zero_absent(x, present)
-            if padding is not None:
-                padding = padding & present.unsqueeze(1)
-        return self.encoders[modality](x, padding)
+            if valid is not None:
+                valid = valid & present.unsqueeze(1)
+        return self.encoders[modality](x, valid)
 
     def fuse(self, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
         """Fusion + head: features of any subset of modalities -> logits (batch, num_classes)."""
@@ -118,10 +118,10 @@ class MultimodalClassifier(nn.Module):
         self,
         inputs: dict[str, Tensor],
         present: dict[str, Tensor],
-        padding: dict[str, Tensor] | None = None,
+        valid: dict[str, Tensor] | None = None,
     ) -> ClassifierOutput:
         """inputs: modality -> batch tensor (a modality left out is absent for every row);
-        present: modality -> (batch,) bool; padding: sequence modality -> (batch, seq) bool."""
+        present: modality -> (batch,) bool; valid: sequence modality -> (batch, seq) bool, True=real."""
         unknown = sorted(set(inputs) - set(self.modalities))
         if unknown:
             raise InputError(
@@ -129,9 +129,9 @@ class MultimodalClassifier(nn.Module):
             )
         if not inputs:
             raise InputError(f"inputs hold no modality; the model takes {self.modalities}")
-        padding = padding or {}
+        valid = valid or {}
         features = {
-            m: self.encode(m, inputs[m], padding.get(m), present.get(m))
+            m: self.encode(m, inputs[m], valid.get(m), present.get(m))
             for m in self.modalities
             if m in inputs
         }
@@ -147,4 +147,4 @@ class MultimodalClassifier(nn.Module):
         )
 
     def forward_batch(self, batch: Batch) -> ClassifierOutput:
-        return self(batch.inputs, batch.present, batch.padding)
+        return self(batch.inputs, batch.present, batch.valid)

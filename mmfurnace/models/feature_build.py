@@ -129,14 +129,14 @@ def _run(
     """digest -> the encoder sequence (real tokens, dim) of each sample's input."""
     batch = collate_samples(samples, [modality])
     x = batch.inputs[modality].to(device)
-    mask = batch.padding.get(modality)
+    mask = batch.valid.get(modality)
     out = encoder(x, None if mask is None else mask.to(device))
     _check_pooled(encoder, out, batch.present[modality].to(device))
     sequence = out.sequence.float().cpu()
-    padding = None if out.padding is None else out.padding.cpu()
+    valid = None if out.valid is None else out.valid.cpu()
     features = {}
     for row, digest in enumerate(digests):
-        tokens = sequence.shape[1] if padding is None else _prefix(padding[row], encoder)
+        tokens = sequence.shape[1] if valid is None else _prefix(valid[row], encoder)
         features[digest] = sequence[row, :tokens].clone()
     return features
 
@@ -145,7 +145,7 @@ def _prefix(real: Tensor, encoder: nn.Module) -> int:
     n = int(real.sum())
     if not bool(real[:n].all()):
         raise ConfigError(
-            f"{type(encoder).__name__}: its output padding is not a prefix of real tokens, so "
+            f"{type(encoder).__name__}: its output valid mask is not a prefix of real tokens, so "
             "its outputs cannot be cached; set train.feature_cache=false"
         )
     return n
@@ -154,7 +154,7 @@ def _prefix(real: Tensor, encoder: nn.Module) -> int:
 def _check_pooled(encoder: nn.Module, out: EncoderOutput, present: Tensor) -> None:
     """The cache keeps sequences only; the pooled vector must be their masked mean."""
     rows = present.nonzero().flatten()
-    expected = masked_mean(out.sequence[rows], None if out.padding is None else out.padding[rows])
+    expected = masked_mean(out.sequence[rows], None if out.valid is None else out.valid[rows])
     if not torch.allclose(out.pooled[rows], expected, rtol=1e-4, atol=1e-5):
         raise ConfigError(
             f"{type(encoder).__name__}: its pooled output is not the masked mean of its "

@@ -62,7 +62,7 @@ from mmfurnace.models.outputs import EncoderOutput
 
 class PrecomputedEncoder(nn.Module):
     """Stands in for a frozen encoder when its outputs come from the cache: takes the cached
-    sequence (batch, tokens, dim) and its padding (batch, tokens) (None: all real) and returns
+    sequence (batch, tokens, dim) and its valid mask (batch, tokens) (None: all real) and returns
     them with the masked-mean pooled vector, as the encoder would have."""
 
     def __init__(self, *, out_dim: int) -> None:
@@ -72,12 +72,12 @@ class PrecomputedEncoder(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         pass  # nothing to recompute
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
         if x.dim() != 3 or x.shape[-1] != self.out_dim:
             raise InputError(
                 f"cached features must be (batch, tokens, {self.out_dim}), got {tuple(x.shape)}"
             )
-        return EncoderOutput(x, masked_mean(x, padding), padding)
+        return EncoderOutput(x, masked_mean(x, valid), valid)
 
 
 @dataclass

@@ -126,15 +126,15 @@ def zero_absent(x: Tensor, present: Tensor) -> Tensor:
 
 
 def halve_mask(mask: Tensor) -> Tensor:
-    """Padding (batch, seq) after a stride-2 ceil-mode pool: a pooled slot is real if any input is."""
+    """A valid mask (batch, seq) after a stride-2 ceil-mode pool: a pooled slot is real if any input is."""
     return F.max_pool1d(mask.unsqueeze(1).float(), 2, ceil_mode=True).squeeze(1) > 0
 
 
-def attendable(padding: Tensor) -> Tensor:
+def attendable(valid: Tensor) -> Tensor:
     """Key mask for attention inside an encoder: rows with no real token (absent samples) may
     attend everywhere, because a fully masked row makes softmax NaN, and NaN would reach the
     weights through backward. Those rows are masked out again downstream."""
-    return padding | ~padding.any(dim=1, keepdim=True)
+    return valid | ~valid.any(dim=1, keepdim=True)
 
 
 def check_rank(name: str, x: Tensor, ranks: Sequence[int], layout: str) -> None:

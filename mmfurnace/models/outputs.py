@@ -13,12 +13,17 @@ class EncoderOutput(NamedTuple):
     sequence: (batch, seq, dim) tokens (spatial positions, frames or text tokens; seq=1 for
         a flat feature vector).
     pooled:   (batch, dim) one vector per row (masked mean over real tokens).
-    padding:  (batch, seq) bool, True where a token is real; None when every token is real.
+    valid:    (batch, seq) bool, True where a token is real (not padding); None when every token is real.
     """
 
     sequence: Tensor
     pooled: Tensor
-    padding: Tensor | None
+    valid: Tensor | None
+
+    @property
+    def padding(self) -> Tensor | None:
+        """The old name of :attr:`valid` (True on real tokens), for code written against it."""
+        return self.valid
 
 
 class FusionOutput(NamedTuple):

@@ -74,7 +74,7 @@ def predictions(
             # computed before the yield: grad mode and autocast are thread-wide, and must not
             # stay switched while the caller runs between batches
             with torch.no_grad(), autocast(where, precision):
-                out = model(batch.inputs, batch.present, batch.padding)
+                out = model(batch.inputs, batch.present, batch.valid)
             yield Prediction(batch, out.logits.float().cpu(), out)
     finally:
         model.train(was_training)
@@ -126,7 +126,7 @@ def _prepared(batch: Any, device: torch.device | str | None, dtype: torch.dtype 
             batch = batch.to(device)
         if dtype is not None and dtype != torch.float32:
             inputs = {m: x.to(dtype) if x.is_floating_point() else x for m, x in batch.inputs.items()}
-            batch = Batch(inputs=inputs, padding=batch.padding, present=batch.present, labels=batch.labels)
+            batch = Batch(inputs=inputs, valid=batch.valid, present=batch.present, labels=batch.labels)
     return transform(batch) if transform is not None else batch
 
 

@@ -1,7 +1,7 @@
 """Serving: an async multimodal inference engine, dynamic batching, KServe v2 HTTP, Ray Serve.
 
 Layout (LitServe's split — each part testable without HTTP):
-    config.py      ServeConfig: batching, queues, timeouts, workers, per-stage device/backend
+    config.py      ServeConfig: batching, queues, timeouts, workers, per-stage device/runtime
     batcher.py     DynamicBatcher: Triton-style max batch size / max wait, bounded queue
     preprocess.py  raw files/text -> model arrays in a thread or process pool
     stages.py      collate rows, run one graph (eager PyTorch or an export runtime), split rows

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from mmfurnace.modalities import MODALITIES, Modality
 from mmfurnace.typed_config import StrictModel, apply_overrides, load_yaml, parse
@@ -32,7 +32,7 @@ DEFAULT_CONTENT_TYPES: dict[str, list[str]] = {
 }
 
 
-def known_backends() -> list[str]:
+def known_runtimes() -> list[str]:
     """"auto", "eager" and every runtime registered in ``mmfurnace.export.runtimes.RUNTIMES``."""
     try:
         from mmfurnace.export.runtimes import RUNTIMES
@@ -63,33 +63,34 @@ def check_device(device: str) -> str:
 class StageConfig(StrictModel):
     """Where one stage (an encoder, the fusion head, or the whole model) runs.
 
-    backend "auto": the fastest runtime installed for the device that the export has a file
+    runtime "auto": the fastest runtime installed for the device that the export has a file
     for (CPU: onnxruntime, openvino, torchscript, then eager); what was picked, and why, is
     in ``GET /v2/models/{name}`` under ``engine``.
     """
 
     device: str = "cpu"
-    backend: str = AUTO
+    # ``backend``, the key's old name, is still read (configs written before the rename).
+    runtime: str = Field(AUTO, validation_alias=AliasChoices("runtime", "backend"))
 
     @field_validator("device")
     @classmethod
     def _device(cls, device: str) -> str:
         return check_device(device)
 
-    @field_validator("backend")
+    @field_validator("runtime")
     @classmethod
-    def _backend(cls, backend: str) -> str:
-        known = known_backends()
-        if backend not in known:
-            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(known)}")
-        return backend
+    def _runtime(cls, runtime: str) -> str:
+        known = known_runtimes()
+        if runtime not in known:
+            raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(known)}")
+        return runtime
 
     @model_validator(mode="after")
-    def _backend_runs_on_device(self) -> StageConfig:
-        if self.backend not in (EAGER, AUTO):
+    def _runtime_runs_on_device(self) -> StageConfig:
+        if self.runtime not in (EAGER, AUTO):
             from mmfurnace.serve.stages import runtime_device_options
 
-            runtime_device_options(self.backend, self.device)  # ConfigError (a ValueError) if not
+            runtime_device_options(self.runtime, self.device)  # ConfigError (a ValueError) if not
         return self
 
 
@@ -112,7 +113,7 @@ class ServeConfig(StrictModel):
 
     mode:               "auto" (default): "whole" when every stage is on one device, else
                         "split". "split" runs each modality's encoder as its own batched stage
-                        (in parallel, on its own device/backend) and then the fusion head —
+                        (in parallel, on its own device/runtime) and then the fusion head —
                         for encoders on different devices; "whole" runs the full model per
                         batch (one stage, ``whole``; on the CPU with ``preprocess_mode:
                         process``, each worker process decodes, computes features and runs the

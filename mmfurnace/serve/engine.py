@@ -9,7 +9,7 @@ One request row (any subset of image / audio / text, raw or preprocessed) flows:
 
 (``mode="whole"`` replaces the encoder and fusion stages with one batched ``model`` stage.)
 Each stage has its own :class:`~mmfurnace.serve.batcher.DynamicBatcher`, its own collate
-thread and its own compute thread, and runs on the device/backend its config names, so
+thread and its own compute thread, and runs on the device/runtime its config names, so
 encoders of different modalities compute at the same time and a modality a row lacks never
 reaches its encoder. Rows with different modality subsets share batches: an encoder batch
 holds only rows that have its modality; the fusion batch holds absent modalities as zeros
@@ -30,9 +30,8 @@ import asyncio
 import copy
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,12 @@ import torch
 from torch import nn
 
 from mmfurnace.data.info import DatasetInfo
-from mmfurnace.errors import ConfigError, InputError
+from mmfurnace.errors import ConfigError
 from mmfurnace.export.spec import FULL_GRAPH, FUSION_GRAPH, encoder_graph
 from mmfurnace.serve.admission import Admission
 from mmfurnace.serve.batcher import BatchStats, DynamicBatcher, Timed
 from mmfurnace.serve.config import EAGER, ServeConfig
-from mmfurnace.serve.errors import NON_FINITE, NonFiniteOutput, NotReady, Overloaded, RequestTimeout
+from mmfurnace.serve.errors import NotReady
 from mmfurnace.serve.loading import (
     build_export_stages,
     export_formats,
@@ -54,10 +53,12 @@ from mmfurnace.serve.loading import (
     on_device,
     resolve_config,
     stage_graphs,
+    uses_workers,
+    whole_workers,
 )
 from mmfurnace.serve.metrics import ServeMetrics
-from mmfurnace.serve.preprocess import Preprocessor, PreprocessPool, PreprocessSettings
-from mmfurnace.serve.signature import ModelSignature, labels, probabilities, validate_row
+from mmfurnace.serve.preprocess import PreprocessPool, PreprocessSettings
+from mmfurnace.serve.request_gate import Prediction, RequestGate, answer_many, build_signature
 from mmfurnace.serve.stages import (
     EncoderShape,
     GraphBatch,
@@ -68,19 +69,7 @@ from mmfurnace.serve.stages import (
     example_row,
     split_encoded,
 )
-from mmfurnace.serve.workers import WholeBatchWorkers, WorkerSpec
-
-Pipeline = Callable[[dict[str, Any], dict[str, float]], Awaitable[np.ndarray]]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One row's answer: logits and probabilities (classes,), the label, stage timings (s)."""
-
-    logits: np.ndarray
-    probabilities: np.ndarray
-    label: str
-    timings: dict[str, float]
+from mmfurnace.serve.workers import WholeBatchWorkers
 
 
 class InferenceEngine:
@@ -182,11 +171,11 @@ class InferenceEngine:
     ) -> InferenceEngine:
         """Serve an in-memory MultimodalClassifier. data: the data-config dict whose image /
         audio / text sections set preprocessing (None: defaults). A stage on a non-eager
-        backend needs the exported graphs: the model is exported to a temporary directory."""
+        runtime needs the exported graphs: the model is exported to a temporary directory."""
         cfg, reasons = resolve_config(cfg or ServeConfig(), model.modalities, None)
         model = copy.deepcopy(model).cpu().eval()
         graphs = stage_graphs(cfg, model.modalities)
-        if any(s.backend != EAGER for s in graphs.values()):
+        if any(s.runtime != EAGER for s in graphs.values()):
             from mmfurnace.export import export_model
 
             tmp = tempfile.TemporaryDirectory(prefix="mmfurnace-serve-")
@@ -235,7 +224,8 @@ class InferenceEngine:
         return stage.compute(stage.prepare(feed))
 
     def describe(self) -> dict[str, Any]:
-        """Mode, modalities and, per stage, its backend/device (what /v2/models reports)."""
+        """Mode, modalities and, per stage, its runtime/device (what /v2/models reports; the stage's
+        own description names it under its wire key "backend")."""
         return {
             "mode": self.cfg.mode,
             "runtime": {g: s.describe().get("backend") for g, s in self.stages.items()},
@@ -397,129 +387,3 @@ class InferenceEngine:
             return await loop.run_in_executor(compute_pool, batch.compute, prepared)
 
         return run
-
-
-def build_signature(cfg: ServeConfig, info: DatasetInfo, modalities: Sequence[str], preprocessor: Preprocessor) -> ModelSignature:
-    """The contract the protocol checks requests against (shapes, dtypes, vocab, lengths)."""
-    modalities = sorted(modalities)
-    max_steps = {m: preprocessor.max_steps(m) or 4096 for m in modalities if None in info.input_shapes[m]}
-    return ModelSignature(
-        name=cfg.model_name,
-        modalities=tuple(modalities),
-        class_names=tuple(info.class_names),
-        multilabel=info.multilabel,
-        input_shapes={m: tuple(info.input_shapes[m]) for m in modalities},
-        input_dtypes={m: info.input_dtypes.get(m, "float32") for m in modalities},
-        vocab_size=info.vocab_size,
-        max_steps=max_steps,
-    )
-
-
-class RequestGate:
-    """What every row goes through, whoever computes it (this engine, or Ray deployments):
-    admission (``max_concurrency`` rows in flight, and the latency budget of
-    :mod:`mmfurnace.serve.admission`; Overloaded beyond), input validation, the deadline
-    (``request_timeout_s`` or the caller's shorter one; RequestTimeout), outcome counts and
-    stage timings."""
-
-    def __init__(self, cfg: ServeConfig, signature: ModelSignature, metrics: ServeMetrics,
-                 admission: Admission | None = None) -> None:
-        self.cfg = cfg
-        self.signature = signature
-        self.metrics = metrics
-        self.admission = admission or Admission(None)
-        self.inflight = 0
-
-    def admit(self, rows: int, deadline_s: float | None = None) -> None:
-        """Raise Overloaded when ``rows`` more rows exceed max_concurrency or would wait past
-        the latency budget / ``deadline_s`` (counted as overloaded)."""
-        cfg = self.cfg
-        try:
-            if self.inflight + rows > cfg.max_concurrency:
-                raise Overloaded(
-                    f"{self.inflight} rows in flight (+{rows}) exceed max_concurrency ({cfg.max_concurrency}); retry later",
-                    retry_after_s=cfg.retry_after_s,
-                )
-            self.admission.check(self.inflight, deadline_s)
-        except Overloaded:
-            self.metrics.outcomes.labels("overloaded").inc(rows)
-            raise
-
-    async def answer(self, row: Mapping[str, Any], pipeline: Pipeline, *, deadline_s: float | None = None,
-                     admitted: bool = False) -> Prediction:
-        cfg, metrics = self.cfg, self.metrics
-        if not admitted:
-            self.admit(1, deadline_s)
-        self.inflight += 1
-        metrics.inflight.inc()
-        started = time.perf_counter()
-        timings: dict[str, float] = {}
-        timeout = cfg.request_timeout_s if deadline_s is None else min(deadline_s, cfg.request_timeout_s)
-        try:
-            checked = validate_row(row, self.signature)
-            try:
-                async with asyncio.timeout(timeout):
-                    logits = np.asarray(await pipeline(checked, timings))
-            except TimeoutError:
-                which = "request_timeout_s" if timeout == cfg.request_timeout_s else "the request's deadline"
-                raise RequestTimeout(f"request did not finish within {which}={timeout:g} s") from None
-            if not np.isfinite(logits).all():  # never a bare NaN in a JSON answer
-                raise NonFiniteOutput(NON_FINITE)
-        except BaseException as exc:
-            metrics.outcomes.labels(_outcome(exc)).inc()
-            raise
-        finally:
-            self.inflight -= 1
-            metrics.inflight.dec()
-        timings["total"] = time.perf_counter() - started
-        metrics.outcomes.labels("ok").inc()
-        metrics.observe_timings(timings)
-        sig = self.signature
-        probs = probabilities(logits[None], sig.multilabel)[0]
-        return Prediction(logits, probs, labels(probs[None], sig.class_names, sig.multilabel)[0], timings)
-
-
-async def answer_many(infer: Callable[[Mapping[str, Any]], Awaitable[Prediction]], rows: Sequence[Mapping[str, Any]]) -> list[Prediction]:
-    """``infer`` every row concurrently; raise the first row's error once all are answered."""
-    results = await asyncio.gather(*(infer(r) for r in rows), return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return list(results)  # type: ignore[arg-type]
-
-
-def _outcome(exc: BaseException) -> str:
-    if isinstance(exc, InputError):
-        return "bad_input"
-    if isinstance(exc, Overloaded | NotReady):
-        return "overloaded"
-    if isinstance(exc, RequestTimeout):
-        return "timeout"
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    return "error"
-
-
-def uses_workers(cfg: ServeConfig) -> bool:
-    """Whether ``cfg`` (resolved) runs on :class:`WholeBatchWorkers`: whole mode, CPU, an
-    export runtime (not eager), preprocessing in processes."""
-    whole = cfg.whole
-    return (cfg.mode == "whole" and whole.device == "cpu" and whole.backend != EAGER
-            and cfg.preprocess_mode == "process")
-
-
-def whole_workers(spec: Any, cfg: ServeConfig, settings: PreprocessSettings) -> WholeBatchWorkers:
-    """The worker pool of the fast path for export ``spec``."""
-    from mmfurnace.serve.stages import runtime_device_options
-
-    info = spec.info
-    options: dict[str, Any] = dict(runtime_device_options(cfg.whole.backend, "cpu"))
-    if cfg.intra_op_threads is not None:
-        options["threads"] = cfg.intra_op_threads
-    worker = WorkerSpec(
-        export_dir=str(spec.directory), graph=FULL_GRAPH, backend=cfg.whole.backend, options=options,
-        settings=settings, modalities=tuple(sorted(spec.modalities)),
-        sequences=frozenset(m for m in spec.modalities if spec.is_sequence(m)),
-        like={m: example_row(m, info.input_shapes[m], info.input_dtypes.get(m, "float32")) for m in spec.modalities},
-    )
-    return WholeBatchWorkers(worker, workers=cfg.preprocess_workers, torch_threads=cfg.torch_threads)

@@ -1,4 +1,5 @@
-"""Building an engine's parts from an export directory: its stages, tokenizer and shapes.
+"""Building an engine's parts from an export directory: its stages (or the worker pool of the
+fast path), tokenizer and shapes.
 
 Shared by :class:`~mmfurnace.serve.engine.InferenceEngine` and the Ray Serve deployments
 (:mod:`mmfurnace.serve.ray_app`), so both run the same stages from the same export.
@@ -16,7 +17,9 @@ from torch import nn
 from mmfurnace.errors import ConfigError
 from mmfurnace.export.spec import FULL_GRAPH, FUSION_GRAPH, ExportSpec, encoder_graph
 from mmfurnace.serve.config import AUTO, EAGER, ServeConfig, StageConfig
-from mmfurnace.serve.stages import EncoderShape, TorchStage, build_runtime_stage
+from mmfurnace.serve.preprocess import PreprocessSettings
+from mmfurnace.serve.stages import EncoderShape, TorchStage, build_runtime_stage, example_row
+from mmfurnace.serve.workers import WholeBatchWorkers, WorkerSpec
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -24,13 +27,13 @@ TOKENIZER_FILE = "tokenizer.json"
 # Fastest first, as measured by `mmfurnace bench` on the demo model (README, Results).
 BEST_BACKENDS = {"cpu": ("onnxruntime", "openvino", "torchscript", EAGER),
                  "cuda": ("onnxruntime-cuda", EAGER)}
-# The export file each backend loads (eager and compile rebuild the model from its weights).
+# The export file each runtime loads (eager and compile rebuild the model from its weights).
 BACKEND_FORMAT = {"onnxruntime": "onnx", "onnxruntime-cuda": "onnx", "onnxruntime-tensorrt": "onnx",
                   "openvino": "onnx", "tensorrt": "onnx", "torchscript": "torchscript"}
 
 
 def resolve_config(cfg: ServeConfig, modalities: Sequence[str], formats: set[str] | None) -> tuple[ServeConfig, dict[str, str]]:
-    """``cfg`` with ``mode: auto`` and every ``backend: auto`` decided, and why (one line each).
+    """``cfg`` with ``mode: auto`` and every ``runtime: auto`` decided, and why (one line each).
 
     Mode: "whole" when every stage is on one device (one graph per batch: fewest hand-offs),
     "split" when the encoders / fusion are on different devices (what split is for).
@@ -62,15 +65,15 @@ def resolve_config(cfg: ServeConfig, modalities: Sequence[str], formats: set[str
         **{f"stages.{m}": resolved.stage(m) for m in sorted(modalities)}, "fusion": resolved.fusion}
     picked: dict[str, StageConfig] = {}
     for key, stage in stages.items():
-        if stage.backend != AUTO:
-            reasons[key] = f"{stage.backend} on {stage.device} (configured)"
+        if stage.runtime != AUTO:
+            reasons[key] = f"{stage.runtime} on {stage.device} (configured)"
             picked[key] = stage
             continue
-        backend, why = best_backend(stage.device, formats)
-        if backend == EAGER:
+        runtime, why = best_runtime(stage.device, formats)
+        if runtime == EAGER:
             logging.getLogger("mmfurnace.serve").warning("%s runs eager PyTorch: %s", key, why)
-        reasons[key] = f"{backend} on {stage.device} (auto: {why})"
-        picked[key] = stage.model_copy(update={"backend": backend})
+        reasons[key] = f"{runtime} on {stage.device} (auto: {why})"
+        picked[key] = stage.model_copy(update={"runtime": runtime})
     if mode == "whole":
         resolved = resolved.model_copy(update={"whole": picked["whole"]})
     else:
@@ -80,8 +83,8 @@ def resolve_config(cfg: ServeConfig, modalities: Sequence[str], formats: set[str
     return resolved, reasons
 
 
-def best_backend(device: str, formats: set[str] | None) -> tuple[str, str]:
-    """(backend, why) for ``device``: see :func:`resolve_config`."""
+def best_runtime(device: str, formats: set[str] | None) -> tuple[str, str]:
+    """(runtime, why) for ``device``: see :func:`resolve_config`."""
     from mmfurnace.export.runtimes import RUNTIMES
 
     kind = "cuda" if device.startswith("cuda") else "cpu"
@@ -123,14 +126,14 @@ def on_device(model: nn.Module, device: str) -> nn.Module:
 
 def build_stage(spec: ExportSpec, graph: str, stage: StageConfig, *, threads: int | None,
                 models: dict[str, nn.Module] | None = None) -> Any:
-    """One stage for ``graph`` of the export: eager PyTorch, or the runtime ``stage.backend``.
+    """One stage for ``graph`` of the export: eager PyTorch, or the runtime ``stage.runtime``.
     ``models`` caches the eager model per device across the stages of one engine."""
     if graph not in spec.graphs:
         raise ConfigError(
             f"{spec.directory}: export has no graph {graph!r}; re-export with split=True or serve with mode: whole"
         )
-    if stage.backend != EAGER:
-        return build_runtime_stage(stage.backend, spec.directory, graph, device=stage.device, threads=threads)
+    if stage.runtime != EAGER:
+        return build_runtime_stage(stage.runtime, spec.directory, graph, device=stage.device, threads=threads)
     from mmfurnace.export.runtimes.torch_common import load_eager_model
 
     models = {} if models is None else models
@@ -182,3 +185,28 @@ def encoder_shapes_from_spec(spec: ExportSpec) -> dict[str, EncoderShape]:
         steps = seq.shape[1] if isinstance(seq.shape[1], int) and not has_mask else None
         shapes[m] = EncoderShape(steps, int(seq.shape[2]), int(pooled.shape[1]), has_mask)
     return shapes
+
+
+def uses_workers(cfg: ServeConfig) -> bool:
+    """Whether ``cfg`` (resolved) runs on :class:`WholeBatchWorkers`: whole mode, CPU, an
+    export runtime (not eager), preprocessing in processes."""
+    whole = cfg.whole
+    return (cfg.mode == "whole" and whole.device == "cpu" and whole.runtime != EAGER
+            and cfg.preprocess_mode == "process")
+
+
+def whole_workers(spec: Any, cfg: ServeConfig, settings: PreprocessSettings) -> WholeBatchWorkers:
+    """The worker pool of the fast path for export ``spec``."""
+    from mmfurnace.serve.stages import runtime_device_options
+
+    info = spec.info
+    options: dict[str, Any] = dict(runtime_device_options(cfg.whole.runtime, "cpu"))
+    if cfg.intra_op_threads is not None:
+        options["threads"] = cfg.intra_op_threads
+    worker = WorkerSpec(
+        export_dir=str(spec.directory), graph=FULL_GRAPH, runtime=cfg.whole.runtime, options=options,
+        settings=settings, modalities=tuple(sorted(spec.modalities)),
+        sequences=frozenset(m for m in spec.modalities if spec.is_sequence(m)),
+        like={m: example_row(m, info.input_shapes[m], info.input_dtypes.get(m, "float32")) for m in spec.modalities},
+    )
+    return WholeBatchWorkers(worker, workers=cfg.preprocess_workers, torch_threads=cfg.torch_threads)

@@ -9,7 +9,7 @@ its row is never routed between actors. (The split layout below made 4 handle ca
 
 Split mode (stages on different devices) deploys one Ray actor pool per stage
 (``cfg.ray.num_replicas`` replicas each):
-    encoder_<m>   one per modality: that encoder's stage, on the device/backend its
+    encoder_<m>   one per modality: that encoder's stage, on the device/runtime its
                   config names (a cuda stage reserves ``num_gpus: 1``)
     fusion_head   the fusion + head stage
     (model        the whole model instead, with ``mode: whole``)
@@ -47,7 +47,6 @@ from typing import Any
 from mmfurnace.errors import ConfigError, MissingDependencyError
 from mmfurnace.export.spec import FULL_GRAPH, FUSION_GRAPH, encoder_graph, load_spec
 from mmfurnace.serve.config import ServeConfig, StageConfig
-from mmfurnace.serve.engine import Prediction, RequestGate, answer_many, build_signature
 from mmfurnace.serve.errors import NotReady, Overloaded
 from mmfurnace.serve.loading import (
     build_stage,
@@ -59,6 +58,7 @@ from mmfurnace.serve.loading import (
 )
 from mmfurnace.serve.metrics import ServeMetrics
 from mmfurnace.serve.preprocess import Preprocessor, PreprocessSettings
+from mmfurnace.serve.request_gate import Prediction, RequestGate, answer_many, build_signature
 from mmfurnace.serve.signature import ModelSignature
 from mmfurnace.serve.stages import GraphBatch, example_row
 

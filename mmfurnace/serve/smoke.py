@@ -19,7 +19,7 @@ from mmfurnace.serve.config import ServeConfig
 
 
 def demo_config() -> ServeConfig:
-    """The shipped defaults (configs/serve.yaml): mode and backend auto — on the CPU, whole
+    """The shipped defaults (configs/serve.yaml): mode and runtime auto — on the CPU, whole
     graph on ONNX Runtime in batch worker processes."""
     return ServeConfig()
 

@@ -11,7 +11,7 @@ to the device) then ``compute(prepared) -> {output name: array}``:
     host->device copies go on a separate CUDA stream, so the copy of the next batch overlaps
     the compute of the current one (the engine runs ``prepare`` and ``compute`` in different
     threads, two batches in flight);
-  * :class:`RuntimeStage` runs a graph with a backend from ``mmfurnace.export.runtimes.RUNTIMES``
+  * :class:`RuntimeStage` runs a graph with a runtime from ``mmfurnace.export.runtimes.RUNTIMES``
     (onnxruntime, openvino, tensorrt, torchscript, compile, ...).
 """
 
@@ -201,8 +201,8 @@ class TorchStage:
             m = self.modality
             enc = model.encode(m, x[m], x.get(f"{m}_mask"), x[f"{m}_present"])
             out = {f"{m}_sequence": enc.sequence, f"{m}_pooled": enc.pooled}
-            if enc.padding is not None:
-                out[f"{m}_sequence_mask"] = enc.padding
+            if enc.valid is not None:
+                out[f"{m}_sequence_mask"] = enc.valid
             return out
         # Modalities absent from every row are left out, as the eager model would see them.
         live = [m for m in model.modalities if bool(x[f"{m}_present"].any())]
@@ -214,12 +214,12 @@ class TorchStage:
             }
             return {"logits": model.fuse(features, present)}
         inputs = {m: x[m] for m in live}
-        padding = {m: x[f"{m}_mask"] for m in live if f"{m}_mask" in x}
-        return {"logits": model(inputs, present, padding).logits}
+        valid = {m: x[f"{m}_mask"] for m in live if f"{m}_mask" in x}
+        return {"logits": model(inputs, present, valid).logits}
 
 
 class RuntimeStage:
-    """Runs one graph with an export runtime (``RUNTIMES[backend](export_dir, graph=...)``)."""
+    """Runs one graph with an export runtime (``RUNTIMES[runtime](export_dir, graph=...)``)."""
 
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
@@ -274,36 +274,36 @@ class GraphBatch:
         return self.compute(self.collate(rows))
 
 
-def runtime_device_options(backend: str, device: str) -> dict[str, Any]:
-    """The constructor options that put runtime ``backend`` on ``device`` ("cpu", "cuda:N").
+def runtime_device_options(runtime: str, device: str) -> dict[str, Any]:
+    """The constructor options that put runtime ``runtime`` on ``device`` ("cpu", "cuda:N").
 
     Runtimes name devices their own way (torch: ``device="cuda:0"``; GPU execution providers:
-    ``device_id=0``; OpenVINO: ``device="CPU"``); a backend that cannot run on ``device`` is a
+    ``device_id=0``; OpenVINO: ``device="CPU"``); a runtime that cannot run on ``device`` is a
     ConfigError naming both.
     """
     from mmfurnace.export.runtimes import RUNTIMES
 
-    params = inspect.signature(RUNTIMES[backend].__init__).parameters
+    params = inspect.signature(RUNTIMES[runtime].__init__).parameters
     on_gpu = device.startswith("cuda")
     if "device_id" in params:  # the GPU execution providers
         if not on_gpu:
-            raise ConfigError(f"backend {backend!r} runs on a CUDA GPU; set its device to cuda[:N], not {device!r}")
+            raise ConfigError(f"runtime {runtime!r} runs on a CUDA GPU; set its device to cuda[:N], not {device!r}")
         return {"device_id": int(device.partition(":")[2] or 0)}
-    if "device" in params and backend != "openvino":
+    if "device" in params and runtime != "openvino":
         return {"device": device}
     if on_gpu:
         raise ConfigError(
-            f"backend {backend!r} runs on the CPU here; use device cpu, or a CUDA backend "
+            f"runtime {runtime!r} runs on the CPU here; use device cpu, or a CUDA runtime "
             f"(eager, torchscript, compile, onnxruntime-cuda, onnxruntime-tensorrt) for {device!r}"
         )
-    return {"device": "CPU"} if backend == "openvino" else {}
+    return {"device": "CPU"} if runtime == "openvino" else {}
 
 
-def build_runtime_stage(backend: str, export_dir: str | Path, graph: str, *, device: str, threads: int | None) -> RuntimeStage:
-    """A RuntimeStage for ``graph`` of ``export_dir`` on ``device`` with ``backend``."""
+def build_runtime_stage(runtime: str, export_dir: str | Path, graph: str, *, device: str, threads: int | None) -> RuntimeStage:
+    """A RuntimeStage for ``graph`` of ``export_dir`` on ``device`` with ``runtime``."""
     from mmfurnace.export.runtimes import RUNTIMES
 
-    options: dict[str, Any] = {"graph": graph, **runtime_device_options(backend, device)}
+    options: dict[str, Any] = {"graph": graph, **runtime_device_options(runtime, device)}
     if threads is not None:
         options["threads"] = threads
-    return RuntimeStage(RUNTIMES[backend](export_dir, **options))
+    return RuntimeStage(RUNTIMES[runtime](export_dir, **options))

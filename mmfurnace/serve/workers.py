@@ -45,13 +45,13 @@ _HEADER = struct.Struct("<Q")
 class WorkerSpec:
     """What a worker process needs to build its model and preprocessing (picklable).
 
-    export_dir / graph / backend / options: ``RUNTIMES[backend](export_dir, graph=graph,
+    export_dir / graph / runtime / options: ``RUNTIMES[runtime](export_dir, graph=graph,
     **options)``; settings: the PreprocessSettings; modalities / sequences / like: collation.
     """
 
     export_dir: str
     graph: str
-    backend: str
+    runtime: str
     options: dict[str, Any]
     settings: Any
     modalities: tuple[str, ...]
@@ -71,7 +71,7 @@ class _BatchRunner:
 
         self.spec = spec
         self.preprocessor = Preprocessor(spec.settings)
-        self.runtime = RUNTIMES[spec.backend](spec.export_dir, graph=spec.graph, **spec.options)
+        self.runtime = RUNTIMES[spec.runtime](spec.export_dir, graph=spec.graph, **spec.options)
         self([{m: spec.like[m] for m in spec.modalities}])  # warm-up: kernels, allocations
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray | None, dict[int, Exception], dict[str, float]]:
@@ -231,7 +231,7 @@ class WholeBatchWorkers:
 
     def describe(self) -> dict[str, Any]:
         runtime = self.workers[0].described if self.workers else {}
-        return {"backend": self.spec.backend, "device": "cpu", "graph": self.spec.graph, **runtime, "runner": "worker processes (decode + features + model per batch)",
+        return {"backend": self.spec.runtime, "device": "cpu", "graph": self.spec.graph, **runtime, "runner": "worker processes (decode + features + model per batch)",
                 "workers": len(self.workers)}
 
     async def run(self, rows: list[dict[str, Any]]) -> list[Any]:

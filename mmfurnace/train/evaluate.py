@@ -82,8 +82,8 @@ def only_modality(batch: Batch, modality: str) -> Batch:
     """The batch as the model sees it with just ``modality``: others absent and left out."""
     present = {m: (mask if m == modality else torch.zeros_like(mask)) for m, mask in batch.present.items()}
     inputs = {m: x for m, x in batch.inputs.items() if m == modality}
-    padding = {m: x for m, x in batch.padding.items() if m == modality}
-    return Batch(inputs=inputs, padding=padding, present=present, labels=batch.labels)
+    valid = {m: x for m, x in batch.valid.items() if m == modality}
+    return Batch(inputs=inputs, valid=valid, present=present, labels=batch.labels)
 
 
 def _join_projections(per_batch: list[dict[str, Tensor]], sizes: list[int]) -> dict[str, Tensor]:

@@ -23,7 +23,7 @@ class LinearEncoder(nn.Module):
         super().__init__()
         self.linear, self.out_dim = nn.Linear(n_in, n_out), n_out
 
-    def forward(self, x, padding=None):
+    def forward(self, x, valid=None):
         y = self.linear(x)
         return EncoderOutput(y.unsqueeze(1), y, None)
 
@@ -51,7 +51,7 @@ def _toy() -> MultimodalClassifier:
 def _batch() -> Batch:
     return Batch(
         inputs={m: torch.randn(B, i) for m, (i, _) in DIMS.items()},
-        padding={},
+        valid={},
         present={m: torch.ones(B, dtype=torch.bool) for m in DIMS},
         labels=torch.zeros(B, dtype=torch.long),
     )

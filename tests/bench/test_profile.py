@@ -59,9 +59,9 @@ class SlowEncoder(nn.Module):
         super().__init__()
         self.inner, self.seconds, self.out_dim = inner, seconds, inner.out_dim
 
-    def forward(self, x, padding=None):
+    def forward(self, x, valid=None):
         time.sleep(self.seconds)
-        return self.inner(x, padding)
+        return self.inner(x, valid)
 
 
 class AutocastProbe(nn.Module):
@@ -71,10 +71,10 @@ class AutocastProbe(nn.Module):
         super().__init__()
         self.inner, self.out_dim, self.seen = inner, inner.out_dim, []
 
-    def forward(self, x, padding=None):
+    def forward(self, x, valid=None):
         on = torch.is_autocast_enabled("cpu")
         self.seen.append((on, torch.get_autocast_dtype("cpu") if on else None))
-        return self.inner(x, padding)
+        return self.inner(x, valid)
 
 
 def _assert_adds_up(report: ProfileReport) -> None:

@@ -206,7 +206,7 @@ def test_bench_checks_the_baseline_file_before_benchmarking(tmp_path, monkeypatc
     def benchmark_ran(*args, **kwargs):
         raise AssertionError("the benchmark ran before the baseline was checked")
 
-    monkeypatch.setattr("mmfurnace.bench.engine_suite.run_engine_bench", benchmark_ran)
+    monkeypatch.setattr("mmfurnace.bench.runtime_suite.run_runtime_bench", benchmark_ran)
     (tmp_path / "bad.json").write_text("{not json")
     result = CliRunner().invoke(app, ["bench", "--compare", str(tmp_path / "bad.json")])
     assert result.exit_code == 2

@@ -80,3 +80,11 @@ def test_bad_option_is_rejected_before_the_checkpoint_is_read(tmp_path):
     # the config is validated first: a typo costs nothing, even on a missing checkpoint
     with pytest.raises(ConfigError, match="MagnitudeConfig.sparsity"):
         compress(tmp_path / "missing", "prune-unstructured", out_dir=tmp_path / "out", sparsity=1.0)
+
+
+def test_runtime_option_and_its_old_name_backend():
+    spec = METHODS["int8-dynamic"]
+    assert build_config(spec.config, {"runtime": "torch"}, method="int8-dynamic").runtime == "torch"
+    assert build_config(spec.config, {"backend": "torch"}, method="int8-dynamic").runtime == "torch"
+    with pytest.raises(ConfigError, match="Int8DynamicConfig.runtime: 'tensorrt' is not one of"):
+        build_config(spec.config, {"runtime": "tensorrt"}, method="int8-dynamic")

@@ -67,7 +67,7 @@ def test_unimodal_term_trains_every_branch_of_a_late_student(trained, train_load
     without = DistillLoss(teacher, student, DistillConfig(width=0.5, fusion="late", unimodal_weight=0.0),
                           multilabel=False)
     without.proj.load_state_dict(with_term.proj.state_dict())  # same feature projections
-    out = student(batch.inputs, batch.present, batch.padding)
+    out = student(batch.inputs, batch.present, batch.valid)
     expected = with_term.unimodal_loss(out.unimodal_logits, batch)
     by_hand = torch.stack([
         torch.nn.functional.cross_entropy(out.unimodal_logits[m][batch.present[m]], batch.labels[batch.present[m]])
@@ -77,7 +77,7 @@ def test_unimodal_term_trains_every_branch_of_a_late_student(trained, train_load
     difference = float(with_term(out, batch, batch.present) - without(out, batch, batch.present))
     torch.testing.assert_close(torch.tensor(difference), expected.detach(), rtol=1e-4, atol=1e-5)
     student.zero_grad()  # the unimodal term alone reaches every modality's encoder
-    with_term.unimodal_loss(student(batch.inputs, batch.present, batch.padding).unimodal_logits, batch).backward()
+    with_term.unimodal_loss(student(batch.inputs, batch.present, batch.valid).unimodal_logits, batch).backward()
     grads = {m: student.encoders[m].parameters().__next__().grad for m in student.modalities}
     assert all(g is not None and float(g.abs().sum()) > 0 for g in grads.values())
     with pytest.raises(ConfigError, match="unimodal_weight"):

@@ -30,7 +30,7 @@ class _Linear(nn.Module):
 
 
 def _batch(n: int) -> Batch:
-    return Batch(inputs={"image": torch.randn(n, 1, 3, 4)}, padding={},
+    return Batch(inputs={"image": torch.randn(n, 1, 3, 4)}, valid={},
                  present={"image": torch.ones(n, dtype=torch.bool)}, labels=torch.zeros(n, dtype=torch.long))
 
 
@@ -68,8 +68,8 @@ def test_split_samples_trims_padding_and_keeps_absence(test_batches):
         assert len(single) == 1
         for m in ("audio", "text"):
             if bool(batch.present[m][i]):
-                assert single.padding[m].all()  # a lone request carries no padding
-                assert single.inputs[m].shape[1] == int(batch.padding[m][i].sum())
+                assert single.valid[m].all()  # a lone request carries no padding
+                assert single.inputs[m].shape[1] == int(batch.valid[m][i].sum())
             else:
                 assert not bool(single.present[m][0])
 

@@ -82,7 +82,7 @@ def test_encoder_output_shrink_is_carried_into_the_fusion_input(fusion_name):
     mask = torch.zeros(DIMS["image"], dtype=torch.bool)
     mask[keep] = True
     seq = feats["image"].sequence.masked_fill(~mask, 0.0)
-    zeroed["image"] = EncoderOutput(seq, seq.mean(1), feats["image"].padding)
+    zeroed["image"] = EncoderOutput(seq, seq.mean(1), feats["image"].valid)
     with torch.no_grad():
         before = fusion(zeroed, present).fused
         _shrink_fusion_input(fusion, "image", keep)
@@ -90,7 +90,7 @@ def test_encoder_output_shrink_is_carried_into_the_fusion_input(fusion_name):
             fusion.dims["image"] = len(keep)
         sliced = dict(feats)
         s = feats["image"].sequence[..., keep]
-        sliced["image"] = EncoderOutput(s, s.mean(1), feats["image"].padding)
+        sliced["image"] = EncoderOutput(s, s.mean(1), feats["image"].valid)
         after = fusion(sliced, present).fused
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
 
@@ -182,8 +182,8 @@ def test_pruned_and_half_checkpoints_load_as_saved(tmp_path):
         dtype = next(saved.parameters()).dtype
         inputs = {m: x.to(dtype) if x.is_floating_point() else x for m, x in batch.inputs.items()}
         with torch.no_grad():
-            torch.testing.assert_close(loaded(inputs, batch.present, batch.padding).logits,
-                                       saved(inputs, batch.present, batch.padding).logits, atol=0, rtol=0)
+            torch.testing.assert_close(loaded(inputs, batch.present, batch.valid).logits,
+                                       saved(inputs, batch.present, batch.valid).logits, atol=0, rtol=0)
 
 
 def test_iterative_steps_reach_the_same_width(model):

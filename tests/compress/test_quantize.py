@@ -63,7 +63,7 @@ def test_torch_dynamic_int8_swaps_linears_and_stays_close(fp32, test_batches):
     import copy
 
     ref = _logits(TorchPredictor(fp32), test_batches)
-    q = quantize_(copy.deepcopy(fp32), Int8DynamicConfig(backend="torch"))
+    q = quantize_(copy.deepcopy(fp32), Int8DynamicConfig(runtime="torch"))
     float_left = [n for n, m in q.named_modules() if type(m) is torch.nn.Linear]
     assert all(n.startswith("projections.") for n in float_left)  # off the logits path
     assert sum(isinstance(m, DynamicLinear) for m in q.modules()) >= 6
@@ -74,7 +74,7 @@ def test_torch_dynamic_int8_swaps_linears_and_stays_close(fp32, test_batches):
 def test_filter_fn_limits_what_is_quantized(fp32):
     import copy
 
-    q = quantize_(copy.deepcopy(fp32), Int8DynamicConfig(backend="torch"), filter_fn=lambda m, name: name == "head")
+    q = quantize_(copy.deepcopy(fp32), Int8DynamicConfig(runtime="torch"), filter_fn=lambda m, name: name == "head")
     assert isinstance(q.head, DynamicLinear)
     assert type(q.encoders["image"].proj) is torch.nn.Linear
 
@@ -141,10 +141,10 @@ def test_calibration_batches_are_made_uniform_without_changing_outputs(fp32, tes
     from mmfurnace.compress.quantize import uniform_batches
 
     batches = split_samples(test_batches[0], 6)  # each trimmed to its own lengths
-    lengths = {tuple(b.padding[m].shape[1] if m in b.padding else 0 for m in ("audio", "text")) for b in batches}
+    lengths = {tuple(b.valid[m].shape[1] if m in b.valid else 0 for m in ("audio", "text")) for b in batches}
     assert len(lengths) > 1  # real requests differ in length (or lack a modality)
     even = uniform_batches(batches)
-    assert len({tuple(b.padding[m].shape[1] for m in ("audio", "text")) for b in even}) == 1
+    assert len({tuple(b.valid[m].shape[1] for m in ("audio", "text")) for b in even}) == 1
     assert len({len(b) for b in even}) == 1
     for before, after in zip(batches, even, strict=True):
         torch.testing.assert_close(TorchPredictor(fp32)(after), TorchPredictor(fp32)(before), rtol=1e-4, atol=1e-5)

@@ -62,10 +62,10 @@ def check_batch(batch: Batch) -> None:
         assert batch.present["image"][row].item()
         if "audio" in s.inputs:
             frames = s.inputs["audio"].shape[0]
-            assert batch.padding["audio"][row].sum().item() == frames
+            assert batch.valid["audio"][row].sum().item() == frames
             torch.testing.assert_close(batch.inputs["audio"][row, :frames], s.inputs["audio"])
         else:
-            assert not batch.padding["audio"][row].any()
+            assert not batch.valid["audio"][row].any()
         if "text" in s.inputs:
             tokens = s.inputs["text"].shape[0]
             assert batch.inputs["text"][row, :tokens].tolist() == s.inputs["text"].tolist()

@@ -54,7 +54,7 @@ class Exported:
 
     def eager(self, batch: Batch) -> torch.Tensor:
         with torch.no_grad():
-            return self.model(batch.inputs, batch.present, batch.padding).logits
+            return self.model(batch.inputs, batch.present, batch.valid).logits
 
 
 @pytest.fixture(scope="session")

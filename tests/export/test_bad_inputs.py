@@ -124,7 +124,7 @@ def test_wrong_dtypes(engine: str, late: Exported, odd_batch) -> None:
     with pytest.raises(InputError, match=r"'text' has dtype float32; expected int64"):
         runtime.run({**odd_batch.inputs, "text": odd_batch.inputs["text"].float()})
     with pytest.raises(InputError, match=r"'audio_mask' has dtype int64; expected bool"):
-        runtime.run({**odd_batch.inputs, "audio_mask": odd_batch.padding["audio"].long()})
+        runtime.run({**odd_batch.inputs, "audio_mask": odd_batch.valid["audio"].long()})
     # Within a kind, values are cast: float64 audio and int32 tokens are fine.
     ok = runtime.run(
         {
@@ -141,7 +141,7 @@ def test_inconsistent_axes(late: Exported, odd_batch) -> None:
     with pytest.raises(
         InputError, match=r"axis 'audio_frames' is 50 in 'audio' but 49 in 'audio_mask'"
     ):
-        runtime.run({**odd_batch.inputs, "audio_mask": odd_batch.padding["audio"][:, :49]})
+        runtime.run({**odd_batch.inputs, "audio_mask": odd_batch.valid["audio"][:, :49]})
     with pytest.raises(InputError, match="disagree on the batch size"):
         runtime.run({**odd_batch.inputs, "image": odd_batch.inputs["image"][:5]})
 

@@ -34,7 +34,7 @@ FULL_NAMES = [n for n, _, _ in FULL_INPUTS]
 
 def numpy_feed(batch, names):
     """Flat numpy inputs by the documented names — all a deployment needs to build."""
-    flat = {**batch.inputs, **{f"{m}_mask": v for m, v in batch.padding.items()}}
+    flat = {**batch.inputs, **{f"{m}_mask": v for m, v in batch.valid.items()}}
     flat.update({f"{m}_present": v for m, v in batch.present.items()})
     return {n: flat[n].numpy() for n in names}
 
@@ -206,7 +206,7 @@ def test_unimodal_model_exports_only_its_inputs(info: DatasetInfo, tmp_path) -> 
     ]
     assert "encoder_audio" not in spec.graphs
     # The default parity batch follows the export's modalities.
-    assert parity_exit_code(check_parity(out, backends=["eager", "onnxruntime"])) == 0
+    assert parity_exit_code(check_parity(out, runtimes=["eager", "onnxruntime"])) == 0
 
 
 def test_bad_settings_are_config_errors(late: Exported, tmp_path) -> None:

@@ -56,10 +56,10 @@ def test_cpu_backend_matches_eager(backend: str, exported: Exported, odd_batch) 
 def test_parity_passes_for_every_available_backend(cross: Exported, odd_batch) -> None:
     # compile is covered by the slow test below (inductor takes tens of seconds here).
     names = [n for n in RUNTIMES.names() if n != "compile"]
-    results = check_parity(cross.dir, odd_batch, backends=names)
+    results = check_parity(cross.dir, odd_batch, runtimes=names)
     table = format_parity(results)
     assert parity_exit_code(results) == 0, table
-    by_name = {r.backend: r for r in results}
+    by_name = {r.runtime: r for r in results}
     for name in CPU_BACKENDS:
         if RUNTIMES[name].available()[0]:
             assert by_name[name].status == "pass", table
@@ -74,12 +74,12 @@ def test_parity_at_reduced_precision(late: Exported, odd_batch) -> None:
     results = check_parity(
         late.dir,
         odd_batch,
-        backends=["eager", "onnxruntime", "openvino"],
+        runtimes=["eager", "onnxruntime", "openvino"],
         precisions=("bf16", "int8"),
     )
     table = format_parity(results)
     assert parity_exit_code(results) == 0, table
-    status = {(r.backend, r.precision): r for r in results}
+    status = {(r.runtime, r.precision): r for r in results}
     assert status[("eager", "bf16")].status == "pass", table
     assert status[("onnxruntime", "int8")].status == "pass", table
     assert status[("onnxruntime", "int8")].metric == "accuracy_delta_pts"
@@ -95,13 +95,13 @@ def test_parity_reports_a_backend_that_drifts(late: Exported, odd_batch, monkeyp
         return [out + 0.05 for out in original(self, feed)]
 
     monkeypatch.setattr(OnnxRuntime, "_run", drifting)
-    results = check_parity(late.dir, odd_batch, backends=["eager", "onnxruntime"])
-    (ort_result,) = [r for r in results if r.backend == "onnxruntime"]
+    results = check_parity(late.dir, odd_batch, runtimes=["eager", "onnxruntime"])
+    (ort_result,) = [r for r in results if r.runtime == "onnxruntime"]
     assert ort_result.status == "fail"
     assert ort_result.value == pytest.approx(0.05, rel=1e-3)
     assert parity_exit_code(results) == 1
     with pytest.raises(InputError, match="onnxruntime/fp32: fail"):
-        assert_parity(late.dir, odd_batch, backends=["onnxruntime"])
+        assert_parity(late.dir, odd_batch, runtimes=["onnxruntime"])
 
 
 def test_onnxruntime_options(late: Exported, odd_batch, tmp_path) -> None:
@@ -144,14 +144,14 @@ def test_encoder_graph_through_a_runtime(backend: str, cross: Exported, odd_batc
     outs = runtime.run_graph(
         {
             "text": odd_batch.inputs["text"],
-            "text_mask": odd_batch.padding["text"],
+            "text_mask": odd_batch.valid["text"],
             "text_present": odd_batch.present["text"],
         }
     )
     assert list(outs) == ["text_sequence", "text_pooled", "text_sequence_mask"]
     with torch.no_grad():
         want = cross.model.encode(
-            "text", odd_batch.inputs["text"], odd_batch.padding["text"], odd_batch.present["text"]
+            "text", odd_batch.inputs["text"], odd_batch.valid["text"], odd_batch.present["text"]
         )
     np.testing.assert_allclose(outs["text_pooled"], want.pooled.numpy(), rtol=0, atol=1e-4)
     with pytest.raises(InputError, match="does not produce logits"):
@@ -164,7 +164,7 @@ def test_absent_modality_can_be_left_out(cross: Exported, odd_batch) -> None:
     feed = {
         "image": odd_batch.inputs["image"],
         "text": odd_batch.inputs["text"],
-        "text_mask": odd_batch.padding["text"],
+        "text_mask": odd_batch.valid["text"],
     }
     logits = runtime.run(feed)
     present = {
@@ -176,7 +176,7 @@ def test_absent_modality_can_be_left_out(cross: Exported, odd_batch) -> None:
         reference = cross.model(
             {"image": odd_batch.inputs["image"], "text": odd_batch.inputs["text"]},
             present,
-            {"text": odd_batch.padding["text"]},
+            {"text": odd_batch.valid["text"]},
         ).logits
     np.testing.assert_allclose(logits, reference.numpy(), rtol=0, atol=tol(reference))
 
@@ -228,11 +228,11 @@ def test_tensorrt_engine_is_cached_by_settings(cross: Exported, odd_batch, tmp_p
         k: v.repeat(4, *([1] * (v.dim() - 1))) for k, v in odd_batch.inputs.items()
     }  # batch 24 > 16
     with pytest.raises(InputError, match="built for"):
-        first.run({**big, **{f"{m}_mask": v.repeat(4, 1) for m, v in odd_batch.padding.items()}})
+        first.run({**big, **{f"{m}_mask": v.repeat(4, 1) for m, v in odd_batch.valid.items()}})
 
 
 @pytest.mark.slow
 def test_compile_backend_parity(late: Exported, odd_batch) -> None:
     require("compile")
-    results = check_parity(late.dir, odd_batch, backends=["compile"])
+    results = check_parity(late.dir, odd_batch, runtimes=["compile"])
     assert results[0].status == "pass", format_parity(results)

@@ -65,7 +65,7 @@ def tiny_config(fusion: str) -> ModelConfig:
 def make_inputs(
     batch: int = 6, frames: int = 10, tokens: int = 7
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Raw model inputs with ragged audio/text padding; returns (inputs, padding)."""
+    """Raw model inputs with ragged audio/text padding; returns (inputs, valid)."""
     audio_len = torch.randint(3, frames + 1, (batch,))
     text_len = torch.randint(2, tokens + 1, (batch,))
     audio_pad = torch.arange(frames)[None] < audio_len[:, None]
@@ -86,8 +86,8 @@ def make_features(
     for m in modalities:
         sequence = torch.randn(batch, seq, FEATURE_DIMS[m], requires_grad=True)
         pooled = torch.randn(batch, FEATURE_DIMS[m], requires_grad=True)
-        padding = torch.ones(batch, seq, dtype=torch.bool)
+        valid = torch.ones(batch, seq, dtype=torch.bool)
         if m == "audio":
-            padding[:, -1] = False
-        features[m] = EncoderOutput(sequence, pooled, padding if m != "image" else None)
+            valid[:, -1] = False
+        features[m] = EncoderOutput(sequence, pooled, valid if m != "image" else None)
     return features

@@ -31,9 +31,9 @@ def absent_rows(batch: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", FUSIONS.names())
 def test_classifier_output_shapes(tiny_info, name: str, modalities: tuple[str, ...]) -> None:
     model = build_model(tiny_config(name), tiny_info, modalities).eval()
-    inputs, padding = make_inputs()
+    inputs, valid = make_inputs()
     present = absent_rows(6)
-    out = model({m: inputs[m] for m in modalities}, present, padding)
+    out = model({m: inputs[m] for m in modalities}, present, valid)
     assert isinstance(out, ClassifierOutput)
     assert out.logits.shape == (6, 4)
     assert sorted(out.embeddings) == sorted(out.projected) == list(modalities)
@@ -47,11 +47,11 @@ def test_classifier_output_shapes(tiny_info, name: str, modalities: tuple[str, .
 @pytest.mark.parametrize("name", FUSIONS.names())
 def test_absent_inputs_change_nothing_and_get_zero_gradient(tiny_info, name: str) -> None:
     model = build_model(tiny_config(name), tiny_info).eval()
-    inputs, padding = make_inputs()
+    inputs, valid = make_inputs()
     present = absent_rows(6)
     image = inputs["image"].clone().requires_grad_(True)
     audio = inputs["audio"].clone().requires_grad_(True)
-    out = model(dict(inputs, image=image, audio=audio), present, padding)
+    out = model(dict(inputs, image=image, audio=audio), present, valid)
     (out.logits.square().sum() + sum(p.sum() for p in out.projected.values())).backward()
     for m, x in (("image", image), ("audio", audio)):
         torch.testing.assert_close(
@@ -65,11 +65,11 @@ def test_absent_inputs_change_nothing_and_get_zero_gradient(tiny_info, name: str
     garbage["text"][~present["text"]] = torch.randint(
         1, 50, garbage["text"][~present["text"]].shape
     )
-    noisy_padding = {
-        m: p | ~present[m][:, None] for m, p in padding.items()
+    noisy_valid = {
+        m: p | ~present[m][:, None] for m, p in valid.items()
     }  # absent rows claim real tokens
     with torch.no_grad():
-        again = model(garbage, present, noisy_padding)
+        again = model(garbage, present, noisy_valid)
     torch.testing.assert_close(again.logits, out.logits.detach(), **TOL)
     for m in again.embeddings:  # embeddings of absent rows are computed from zeros, not content
         torch.testing.assert_close(again.embeddings[m], out.embeddings[m].detach(), **TOL)
@@ -77,12 +77,12 @@ def test_absent_inputs_change_nothing_and_get_zero_gradient(tiny_info, name: str
 
 def test_encode_then_fuse_equals_forward(tiny_info) -> None:
     model = build_model(tiny_config("cross_attention"), tiny_info).eval()
-    inputs, padding = make_inputs()
+    inputs, valid = make_inputs()
     present = absent_rows(6)
     with torch.no_grad():
-        whole = model(inputs, present, padding)
+        whole = model(inputs, present, valid)
         features = {
-            m: model.encode(m, inputs[m], padding.get(m), present[m]) for m in model.modalities
+            m: model.encode(m, inputs[m], valid.get(m), present[m]) for m in model.modalities
         }
         split = model.fuse(features, present)
     torch.testing.assert_close(split, whole.logits, rtol=0, atol=0)
@@ -109,7 +109,7 @@ def test_forward_batch_on_collated_samples_with_missing_modality(tiny_info) -> N
 @pytest.mark.parametrize("name", FUSIONS.names())
 def test_twenty_steps_overfit_a_tiny_batch(tiny_info, name: str) -> None:
     model = build_model(tiny_config(name), tiny_info).train()
-    inputs, padding = make_inputs(batch=8)
+    inputs, valid = make_inputs(batch=8)
     present = {
         "audio": torch.tensor([1, 1, 1, 0, 1, 1, 0, 1], dtype=torch.bool),
         "image": torch.tensor([1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool),
@@ -119,7 +119,7 @@ def test_twenty_steps_overfit_a_tiny_batch(tiny_info, name: str) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(20):
-        loss = F.cross_entropy(model(inputs, present, padding).logits, labels)
+        loss = F.cross_entropy(model(inputs, present, valid).logits, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -129,12 +129,12 @@ def test_twenty_steps_overfit_a_tiny_batch(tiny_info, name: str) -> None:
 
 def test_grad_checkpointing_on_the_whole_model_keeps_gradients(tiny_info) -> None:
     model = build_model(tiny_config("cross_attention"), tiny_info).train()
-    inputs, padding = make_inputs()
+    inputs, valid = make_inputs()
     present = absent_rows(6)
 
     def grads() -> list[torch.Tensor]:
         model.zero_grad()
-        model(inputs, present, padding).logits.sum().backward()
+        model(inputs, present, valid).logits.sum().backward()
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     plain = grads()

@@ -8,7 +8,7 @@ from mmfurnace.models import ENCODERS, EncoderOutput
 
 B = 3
 CASES = {
-    # name: (builder kwargs, input, padding, expected seq length)
+    # name: (builder kwargs, input, valid mask, expected seq length)
     "lenet": (
         dict(input_shape=(1, 12, 12)),
         lambda: torch.randn(B, 1, 12, 12),
@@ -54,16 +54,16 @@ def test_encoder_output_shapes(name: str) -> None:
     kwargs, make, pad, seq = CASES[name]
     encoder = build(name, **kwargs)
     x = make()
-    padding = ragged(x) if pad else None
-    out = encoder(x, padding)
+    valid = ragged(x) if pad else None
+    out = encoder(x, valid)
     assert isinstance(out, EncoderOutput)
     assert encoder.out_dim == 16
     assert out.sequence.shape == (B, seq, 16)
     assert out.pooled.shape == (B, 16)
     if pad:
-        assert out.padding.shape == (B, seq)
-        assert out.padding.dtype == torch.bool
-        assert out.padding[:, 0].all()
+        assert out.valid.shape == (B, seq)
+        assert out.valid.dtype == torch.bool
+        assert out.valid[:, 0].all()
     assert torch.isfinite(out.sequence).all()
     assert torch.isfinite(out.pooled).all()
 
@@ -95,9 +95,9 @@ def test_row_without_real_tokens_stays_finite_with_finite_grads(name: str) -> No
     kwargs, make, _, _ = CASES[name]
     encoder = build(name, **kwargs).train()
     x = make()
-    padding = torch.ones(x.shape[:2], dtype=torch.bool)
-    padding[0] = False  # an absent sample: no real token at all
-    out = encoder(x, padding)
+    valid = torch.ones(x.shape[:2], dtype=torch.bool)
+    valid[0] = False  # an absent sample: no real token at all
+    out = encoder(x, valid)
     assert torch.isfinite(out.sequence).all()
     torch.testing.assert_close(out.pooled[0], torch.zeros(16), rtol=0, atol=0)
     out.pooled.sum().backward()
@@ -109,11 +109,11 @@ def test_grad_checkpointing_gives_same_gradients(name: str) -> None:
     kwargs, make, pad, _ = CASES[name]
     encoder = build(name, **kwargs).train()  # dropout is 0: train mode is deterministic
     x = make()
-    padding = ragged(x) if pad else None
+    valid = ragged(x) if pad else None
 
     def grads() -> list[torch.Tensor]:
         encoder.zero_grad()
-        out = encoder(x, padding)
+        out = encoder(x, valid)
         (out.pooled.square().sum() + out.sequence.sum()).backward()
         return [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
 

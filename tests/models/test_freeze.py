@@ -23,12 +23,12 @@ def test_a_frozen_encoder_trains_nothing_and_stays_in_eval_mode(tiny_info) -> No
     assert model.encoders["audio"].training
     assert not any(p.requires_grad for p in image.parameters())
 
-    inputs, padding = make_inputs()
+    inputs, valid = make_inputs()
     present = {m: torch.ones(6, dtype=torch.bool) for m in inputs}
     # dropout 0.5 in train mode would make two calls differ; frozen, it is the same function
     first = model.encode("image", inputs["image"]).pooled
     torch.testing.assert_close(model.encode("image", inputs["image"]).pooled, first)
-    model(inputs, present, padding).logits.sum().backward()
+    model(inputs, present, valid).logits.sum().backward()
     assert all(p.grad is None for p in image.parameters())
     assert all(p.grad is not None for p in model.encoders["audio"].parameters())
 

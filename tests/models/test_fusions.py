@@ -74,7 +74,7 @@ def test_absent_content_changes_nothing_and_gets_zero_gradient(
         pooled = f.pooled.detach().clone()
         seq[absent] = 1e3 * torch.randn_like(seq[absent])
         pooled[absent] = 1e3 * torch.randn_like(pooled[absent])
-        perturbed[m] = EncoderOutput(seq, pooled, f.padding)
+        perturbed[m] = EncoderOutput(seq, pooled, f.valid)
     torch.testing.assert_close(fusion(perturbed, present).fused, out.fused.detach(), **TOL)
 
     used_by_present_rows = 0.0
@@ -196,7 +196,7 @@ def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: i
         batch = next(iter(feats.values())).sequence.shape[0]
         tokens, ignore = [fusion.cls.expand(batch, -1, -1)], [torch.zeros(batch, 1, dtype=torch.bool)]
         for i, m in enumerate(fusion.modalities):
-            seq, pad = feats[m].sequence, feats[m].padding
+            seq, pad = feats[m].sequence, feats[m].valid
             real = (torch.ones(seq.shape[:2], dtype=torch.bool) if pad is None else pad)
             real = real & present[m].unsqueeze(1)
             tokens.append(fusion.proj[m](seq.masked_fill(~real.unsqueeze(-1), 0.0)) + fusion.type_embed[i])

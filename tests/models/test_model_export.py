@@ -14,7 +14,7 @@ from tests.models.conftest import make_inputs, tiny_config
 
 
 class FixedInputs(nn.Module):
-    """forward(audio, image, text, audio_padding, text_padding, *present) -> logits."""
+    """forward(audio, image, text, audio_valid, text_valid, *present) -> logits."""
 
     def __init__(self, model: MultimodalClassifier) -> None:
         super().__init__()
@@ -25,28 +25,28 @@ class FixedInputs(nn.Module):
         audio: Tensor,
         image: Tensor,
         text: Tensor,
-        audio_padding: Tensor,
-        text_padding: Tensor,
+        audio_valid: Tensor,
+        text_valid: Tensor,
         audio_present: Tensor,
         image_present: Tensor,
         text_present: Tensor,
     ) -> Tensor:
         inputs = {"audio": audio, "image": image, "text": text}
         present = {"audio": audio_present, "image": image_present, "text": text_present}
-        padding = {"audio": audio_padding, "text": text_padding}
-        return self.model(inputs, present, padding).logits
+        valid = {"audio": audio_valid, "text": text_valid}
+        return self.model(inputs, present, valid).logits
 
 
 def arguments(seed: int, batch: int = 6) -> tuple[Tensor, ...]:
     torch.manual_seed(seed)
-    inputs, padding = make_inputs(batch=batch)
+    inputs, valid = make_inputs(batch=batch)
     present = torch.rand(3, batch) > 0.4
     return (
         inputs["audio"],
         inputs["image"],
         inputs["text"],
-        padding["audio"],
-        padding["text"],
+        valid["audio"],
+        valid["text"],
         *present,
     )
 
@@ -67,8 +67,8 @@ NAMES = [
     "audio",
     "image",
     "text",
-    "audio_padding",
-    "text_padding",
+    "audio_valid",
+    "text_valid",
     "audio_present",
     "image_present",
     "text_present",

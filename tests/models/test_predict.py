@@ -54,7 +54,7 @@ def test_a_predictor_that_is_not_a_module(model, batches):
 
     def numpy_predictor(batch):  # as an ONNX Runtime session answers
         with torch.no_grad():
-            return model(batch.inputs, batch.present, batch.padding).logits.numpy()
+            return model(batch.inputs, batch.present, batch.valid).logits.numpy()
 
     got = [p.logits for p in predictions(numpy_predictor, batches, None)]
     want = [p.logits for p in predictions(model, batches)]

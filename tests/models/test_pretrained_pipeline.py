@@ -79,7 +79,7 @@ def batches(cfg: RunConfig, split: str, datasets=None):
 
 def logits_of(model, loader) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model.eval()(b.inputs, b.present, b.padding).logits for b in loader])
+        return torch.cat([model.eval()(b.inputs, b.present, b.valid).logits for b in loader])
 
 
 @pytest.mark.slow
@@ -113,8 +113,8 @@ def test_export_int8_and_serving_work_on_the_pretrained_model(trained, tmp_path:
     export = export_checkpoint(best, tmp_path / "export")  # ONNX + TorchScript, verified
     assert (export / "tokenizer.json").read_bytes() == tokenizer_file("pretrained:minilm").read_bytes()
     test = batches(cfg, "test")[0]
-    results = assert_parity(export, test, backends=["onnxruntime", "torchscript"])
-    assert {r.backend for r in results if r.status == "pass"} == {"onnxruntime", "torchscript"}
+    results = assert_parity(export, test, runtimes=["onnxruntime", "torchscript"])
+    assert {r.runtime for r in results if r.status == "pass"} == {"onnxruntime", "torchscript"}
 
     # INT8 on ONNX Runtime: dynamic and static (calibrated on training batches). With three
     # test rows accuracy says little; judge the quantized logits by SQNR against FP32.
@@ -129,8 +129,8 @@ def test_export_int8_and_serving_work_on_the_pretrained_model(trained, tmp_path:
     # Served from raw PNG bytes and text, the answers are the trained model's on those files.
     model, _ = load_model(best)
     engine = InferenceEngine.from_export(export, ServeConfig(
-        stages={"image": {"backend": "onnxruntime"}, "text": {"backend": "onnxruntime"}},
-        fusion={"backend": "onnxruntime"}, max_wait_ms=20, intra_op_threads=1))
+        stages={"image": {"runtime": "onnxruntime"}, "text": {"runtime": "onnxruntime"}},
+        fusion={"runtime": "onnxruntime"}, max_wait_ms=20, intra_op_threads=1))
     manifest = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
     requests = [{"image": (root / r["image"]).read_bytes(), "text": r["text"]}
                 for r in manifest if r["split"] == "test"]

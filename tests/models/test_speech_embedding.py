@@ -64,7 +64,7 @@ def test_matches_the_onnx_original_on_real_speech(encoder, clips) -> None:
             out = encoder(speech_mel(clip[None]))
         assert out.sequence.shape == (1, len(reference), 96)
         assert max_rel_diff(out.sequence[0].numpy(), reference) <= REL_TOL
-        assert bool(out.padding.all())
+        assert bool(out.valid.all())
         windows_seen.add(len(reference))
     assert min(windows_seen) == 1
     assert max(windows_seen) >= 19
@@ -80,21 +80,21 @@ def test_padded_batch_gives_each_clip_its_own_embeddings(encoder, clips) -> None
             alone.append(encoder(f[None]))
         x, mask = pad_batch([*feats, feats[0][:0]])  # the last row has no frames: absent
         out = encoder(x, mask)
-    assert out.sequence.shape[:2] == out.padding.shape == (6, alone[3].sequence.shape[1])
+    assert out.sequence.shape[:2] == out.valid.shape == (6, alone[3].sequence.shape[1])
     assert not torch.isnan(out.sequence).any()
     assert not torch.isnan(out.pooled).any()
     for i, single in enumerate(alone):
         n = single.sequence.shape[1]
-        assert out.padding[i, :n].all()
-        assert not out.padding[i, n:].any()
+        assert out.valid[i, :n].all()
+        assert not out.valid[i, n:].any()
         torch.testing.assert_close(out.sequence[i, :n], single.sequence[0], rtol=0, atol=2e-4)
         torch.testing.assert_close(out.pooled[i], single.pooled[0], rtol=0, atol=2e-4)
         assert not out.sequence[i, n:].any()
     # The short row without padding equals the clip padded with silence by speech_mel.
     torch.testing.assert_close(alone[4].sequence, alone[0].sequence, rtol=0, atol=1e-4)
     # Pooled is the mean over real windows; a row with no real frame gives zeros.
-    torch.testing.assert_close(out.pooled, masked_mean(out.sequence, out.padding))
-    assert not out.padding[5].any()
+    torch.testing.assert_close(out.pooled, masked_mean(out.sequence, out.valid))
+    assert not out.valid[5].any()
     assert not out.pooled[5].any()
 
 
@@ -114,8 +114,8 @@ def test_output_shapes(encoder, frames: int, windows: int) -> None:
     assert encoder.out_dim == 96
     assert out.sequence.shape == (3, windows, 96)
     assert out.pooled.shape == (3, 96)
-    assert out.padding.shape == (3, windows)
-    assert bool(out.padding.all())
+    assert out.valid.shape == (3, windows)
+    assert bool(out.valid.all())
 
 
 def test_gradients_reach_every_weight_when_unfrozen(clips) -> None:
@@ -191,7 +191,7 @@ def test_builds_from_config_and_exports_to_onnx(tmp_path, clips) -> None:
         eager_logits = model({"audio": x}, {"audio": torch.from_numpy(present)}, {"audio": mask}).logits
     assert max_rel_diff(sequence, eager.sequence.numpy()) <= REL_TOL
     assert max_rel_diff(pooled, eager.pooled.numpy()) <= REL_TOL
-    assert (windows == eager.padding.numpy()).all()
+    assert (windows == eager.valid.numpy()).all()
     np.testing.assert_allclose(logits, eager_logits.numpy(), rtol=1e-4, atol=1e-4)
     # ...and so the exported encoder matches the original too, window by window.
     for i, clip in enumerate(clips):
@@ -278,7 +278,7 @@ def test_fsdd_clips_pack_train_reload_and_export(tmp_path) -> None:
     out = export_checkpoint(tmp_path / "run" / "best", tmp_path / "export")
     settings = json.loads((out / "export.json").read_text())
     assert "speech_mel" in json.dumps(settings)
-    checked = assert_parity(out, batch, backends=["onnxruntime", "torchscript"])
+    checked = assert_parity(out, batch, runtimes=["onnxruntime", "torchscript"])
     assert [r.status for r in checked] == ["pass", "pass"]
 
 
@@ -323,7 +323,7 @@ def test_channel_pruned_model_rebuilds_from_its_weights(clips) -> None:
     cfg = ModelConfig(encoders={"audio": EncoderConfig(name="speech_embedding")}, fusion="late")
     model = build_model(cfg, audio_info()).eval()
     x, mask = pad_batch([speech_mel(c[None])[0] for c in clips[:4]], fill=0.0)
-    batch = Batch(inputs={"audio": x}, padding={"audio": mask},
+    batch = Batch(inputs={"audio": x}, valid={"audio": mask},
                   present={"audio": torch.ones(4, dtype=torch.bool)}, labels=torch.tensor([0, 1, 2, 0]))
     widths = channel_prune_(model, ChannelConfig(sparsity=0.5), example=batch)["widths"]
     assert widths["encoders.audio"] == (96, 48)

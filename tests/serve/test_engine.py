@@ -40,7 +40,7 @@ def preprocessed_rows(info, n: int = 12, seed: int = 1) -> list[dict[str, torch.
 def eager_logits(model, info, rows) -> torch.Tensor:
     batch = collate_samples([Sample(r, torch.tensor(0)) for r in rows], info.modalities)
     with torch.no_grad():
-        return model(batch.inputs, batch.present, batch.padding).logits
+        return model(batch.inputs, batch.present, batch.valid).logits
 
 
 async def infer_all(engine, rows):
@@ -49,15 +49,15 @@ async def infer_all(engine, rows):
         return torch.from_numpy(np.stack([p.logits for p in predictions])), engine
 
 
-ORT_SPLIT = {"stages": {m: {"backend": "onnxruntime"} for m in ("audio", "image", "text")},
-             "fusion": {"backend": "onnxruntime"}}
+ORT_SPLIT = {"stages": {m: {"runtime": "onnxruntime"} for m in ("audio", "image", "text")},
+             "fusion": {"runtime": "onnxruntime"}}
 
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"mode": "whole"}, ORT_SPLIT, {"mode": "whole", "whole": {"backend": "onnxruntime"}},
-     {"stages": {"image": {"backend": "onnxruntime"}}}],
-    ids=["eager-split", "eager-whole", "ort-split", "ort-whole", "mixed-backends"],
+    [{}, {"mode": "whole"}, ORT_SPLIT, {"mode": "whole", "whole": {"runtime": "onnxruntime"}},
+     {"stages": {"image": {"runtime": "onnxruntime"}}}],
+    ids=["eager-split", "eager-whole", "ort-split", "ort-whole", "mixed-runtimes"],
 )
 def test_engine_matches_eager_model(export_dir, model, info, settings) -> None:
     rows = preprocessed_rows(info)
@@ -205,9 +205,9 @@ def test_bad_engine_settings_fail_at_construction(export_dir, model, info) -> No
         with pytest.raises(ValueError, match="no CUDA GPU is available"):
             ServeConfig(stages={"image": {"device": "cuda:0"}})
     with pytest.raises(ValueError, match="runs on a CUDA GPU"):
-        ServeConfig(fusion={"backend": "onnxruntime-cuda", "device": "cpu"})
-    with pytest.raises(ValueError, match="unknown backend 'onnx'; known: .*onnxruntime"):
-        ServeConfig(whole={"backend": "onnx"})
+        ServeConfig(fusion={"runtime": "onnxruntime-cuda", "device": "cpu"})
+    with pytest.raises(ValueError, match="unknown runtime 'onnx'; known: .*onnxruntime"):
+        ServeConfig(whole={"runtime": "onnx"})
     whole_only = export_model(model, info, export_dir.parent / "whole_only", formats=("onnx",), split=False, verify=False)
     with pytest.raises(ConfigError, match="re-export with split=True or serve with mode: whole"):
         InferenceEngine.from_export(whole_only, ServeConfig(mode="split"))
@@ -286,7 +286,7 @@ class OverlapStage(SlowStage):
 
 
 def test_next_batch_is_prepared_while_the_current_one_computes(model, info) -> None:
-    cfg = ServeConfig(mode="whole", whole={"backend": "eager"}, max_batch_size=1, max_wait_ms=0, max_inflight_batches=2)
+    cfg = ServeConfig(mode="whole", whole={"runtime": "eager"}, max_batch_size=1, max_wait_ms=0, max_inflight_batches=2)
     engine = InferenceEngine.from_model(model, info, cfg)
     stage = engine.stages["model"] = OverlapStage(engine.stages["model"])
     rows = [{m: v.numpy() for m, v in r.items()} for r in preprocessed_rows(info, 2)]

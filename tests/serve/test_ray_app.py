@@ -115,8 +115,8 @@ def test_ray_ingress_routes_answer_like_the_local_engine(export_dir, tokenizer, 
 
     spec = load_spec(export_dir)
     cfg = ServeConfig(mode="split", max_concurrency=4, preprocess_mode="thread",
-                      stages={m: StageConfig(backend="onnxruntime") for m in spec.modalities},
-                      fusion=StageConfig(backend="onnxruntime"))
+                      stages={m: StageConfig(runtime="onnxruntime") for m in spec.modalities},
+                      fusion=StageConfig(runtime="onnxruntime"))
     settings = PreprocessSettings.from_data_settings(spec.preprocessing, spec.modalities, tokenizer)
     signature = build_signature(cfg, spec.info, spec.modalities, Preprocessor(settings))
     handles = {g: LocalHandle(stage_batch(export_dir, g, s, threads=1)) for g, s in stage_graphs(cfg, spec.modalities).items()}

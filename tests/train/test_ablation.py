@@ -12,7 +12,7 @@ import yaml
 
 from mmfurnace.errors import ConfigError
 from mmfurnace.train.ablation import (
-    Variant,
+    ConfigVariant,
     expand_grid,
     format_value,
     mean_std,
@@ -65,7 +65,7 @@ def test_expand_grid_is_the_named_cartesian_product():
         "data.modalities": [["image"], ["audio", "image", "text"]],
     })
     assert len(variants) == 8
-    assert variants[0] == Variant(
+    assert variants[0] == ConfigVariant(
         "fusion=early,alpha=0,modalities=image",
         ("model.fusion=early", "train.alpha=0", "data.modalities=[image]"),
     )
@@ -73,7 +73,7 @@ def test_expand_grid_is_the_named_cartesian_product():
     assert variants[-1].overrides == ("model.fusion=late", "train.alpha=0.1",
                                       "data.modalities=[audio, image, text]")
     assert len({v.name for v in variants}) == 8
-    assert expand_grid({}) == [Variant("base")]
+    assert expand_grid({}) == [ConfigVariant("base")]
 
 
 def test_expand_grid_names_clashing_keys_in_full():
@@ -87,7 +87,7 @@ def test_expand_grid_rejects_bad_values():
     with pytest.raises(ConfigError, match="non-empty list"):
         expand_grid({"model.fusion": "early"})
     with pytest.raises(ConfigError, match="variant name"):
-        Variant("a/b", ())
+        ConfigVariant("a/b", ())
 
 
 @pytest.mark.parametrize("value", ["early", "0.1", "a, b", "true", "", 0, 0.1, 1e-5, 2e20, float("inf"), True, None,
@@ -113,9 +113,9 @@ def ablation(tmp_path_factory):
     base = tiny_run_config(out / "unused", epochs=1, batch_size=24)
     variants = expand_grid({"model.fusion": ["late", "early"]})
     variants += [
-        Variant("typo", ("model.fusoin=late",)),  # invalid config: never trained
+        ConfigVariant("typo", ("model.fusoin=late",)),  # invalid config: never trained
         # valid config that the recipe rejects at train time: dropout for a modality not used
-        Variant("image-only-bad-dropout", ("data.modalities=[image]", "train.modality_dropout={audio: 0.5}")),
+        ConfigVariant("image-only-bad-dropout", ("data.modalities=[image]", "train.modality_dropout={audio: 0.5}")),
     ]
     result = run_ablation(base, variants, seeds=[0, 1], out_dir=out, progress=False, datasets=tiny_datasets())
     return out, result
@@ -215,14 +215,14 @@ def test_modality_subset_restricts_injected_datasets(tmp_path):
 def test_bad_arguments_and_yaml_base_fail_before_training(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("model:\n  fusion: late\ntrain:\n  epochs: 1\n")
-    result = run_ablation(base, [Variant("typo", ("train.epocs=2",))], seeds=[0], out_dir=tmp_path / "out",
+    result = run_ablation(base, [ConfigVariant("typo", ("train.epocs=2",))], seeds=[0], out_dir=tmp_path / "out",
                           progress=False, datasets=tiny_datasets(6, 3, 3))
     assert result.variants[0].status == "failed"
     assert "base.yaml + variant typo" in result.variants[0].error
     assert "epocs: unknown key" in result.variants[0].error
     with pytest.raises(ConfigError, match="distinct"):
-        run_ablation(base, [Variant("a")], seeds=[0, 0], out_dir=tmp_path / "x", progress=False)
+        run_ablation(base, [ConfigVariant("a")], seeds=[0, 0], out_dir=tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="distinct names"):
-        run_ablation(base, [Variant("a"), Variant("a")], seeds=[0], out_dir=tmp_path / "x", progress=False)
+        run_ablation(base, [ConfigVariant("a"), ConfigVariant("a")], seeds=[0], out_dir=tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="unknown ablation metric 'acc'"):
-        run_ablation(base, [Variant("a")], seeds=[0], out_dir=tmp_path / "x", progress=False, metric="acc")
+        run_ablation(base, [ConfigVariant("a")], seeds=[0], out_dir=tmp_path / "x", progress=False, metric="acc")

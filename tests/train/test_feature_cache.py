@@ -38,7 +38,7 @@ def logits(model, dataset: Dataset) -> torch.Tensor:
     loader = make_loader(dataset, modalities=MODALITIES, batch_size=8, shuffle=False)
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(b.inputs, b.present, b.padding).logits for b in loader])
+        return torch.cat([model(b.inputs, b.present, b.valid).logits for b in loader])
 
 
 class Scaled(Dataset):
@@ -122,9 +122,9 @@ def test_each_distinct_input_is_encoded_once(tmp_path: Path) -> None:
     calls = {"image": 0}
     encoder, forward = model.encoders["image"], model.encoders["image"].forward
 
-    def counted(x, padding=None):
+    def counted(x, valid=None):
         calls["image"] += x.shape[0]
-        return forward(x, padding)
+        return forward(x, valid)
 
     encoder.forward = counted
     cache = cache_features(model, splits, cache_dir=tmp_path, batch_size=4)
@@ -149,8 +149,8 @@ def test_an_encoder_whose_pooled_is_not_the_mean_is_refused(tmp_path: Path) -> N
     encoder = model.encoders["image"]
     original = encoder.forward
 
-    def max_pooled(x, padding=None):
-        out = original(x, padding)
+    def max_pooled(x, valid=None):
+        out = original(x, valid)
         return out._replace(pooled=out.sequence.amax(1))
 
     encoder.forward = max_pooled

@@ -58,9 +58,46 @@ def test_cli_trains_then_resumes(tmp_path, config_file):
 def test_torchrun_runs_the_same_recipe(tmp_path, config_file):
     out = tmp_path / "ddp"
     proc = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "mmfurnace.train.recipe", str(config_file), f"train.out_dir={out}", "--no-progress"])
+                "-m", "mmfurnace.train", str(config_file), f"train.out_dir={out}", "--no-progress"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2
     assert results["steps"] == 2  # 16 samples, 2 ranks, batches of 4
     assert set(results["test"]["per_modality_accuracy"]) == {"audio", "image", "text"}
+
+
+def test_old_module_spelling_runs_the_one_entry_point():
+    proc = run(["-m", "mmfurnace.train.recipe", "--help"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "usage: python -m mmfurnace.train" in proc.stdout
+    assert "RuntimeWarning" not in proc.stderr
+
+
+def test_mmfurnace_train_and_module_share_one_main(monkeypatch, config_file):
+    from typer.testing import CliRunner
+
+    from mmfurnace.cli import app
+    from mmfurnace.train import command
+
+    calls = []
+
+    def fake(config, overrides, *, resume=False, progress=True):
+        calls.append((str(config), list(overrides), resume, progress))
+        return 0
+
+    monkeypatch.setattr(command, "run_training", fake)
+    args = [str(config_file), "train.epochs=2", "--resume", "--no-progress"]
+    result = CliRunner().invoke(app, ["train", *args])
+    assert result.exit_code == 0, result.output
+    assert command.main(args) == 0
+    assert calls == [(str(config_file), ["train.epochs=2"], True, False)] * 2
+
+
+def test_user_error_exits_2_without_traceback(capsys):
+    from mmfurnace.train.command import run_training
+
+    assert run_training(None, ["train.epocs=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "train.epocs: unknown key" in err
+    assert "Traceback" not in err

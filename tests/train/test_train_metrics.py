@@ -94,7 +94,7 @@ class VoteModel(nn.Module):
         super().__init__()
         self.calls: list[list[str]] = []
 
-    def forward(self, inputs, present, padding):
+    def forward(self, inputs, present, valid):
         self.calls.append(sorted(inputs))
         rows = next(iter(present.values())).shape[0]
         logits = torch.zeros(rows, 3)
@@ -109,7 +109,7 @@ def vote_batch(labels: list[int], audio_present: list[bool]) -> Batch:
     audio = torch.tensor([[0.0, 0.0, 2.0]]).repeat(len(labels), 1)  # audio always votes 2, louder
     return Batch(
         inputs={"image": image, "audio": audio},
-        padding={},
+        valid={},
         present={"audio": torch.tensor(audio_present), "image": torch.ones(len(labels), dtype=torch.bool)},
         labels=labels_t,
     )

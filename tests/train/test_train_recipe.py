@@ -12,8 +12,8 @@ import mmfurnace.train.recipe as recipe
 from mmfurnace.config import load_run_config
 from mmfurnace.data.loader import make_loader
 from mmfurnace.errors import ConfigError, InputError
-from mmfurnace.train.__main__ import main as cli_main
 from mmfurnace.train.checkpoint import load_checkpoint, load_model
+from mmfurnace.train.command import main as cli_main
 from mmfurnace.train.evaluate import evaluate
 from mmfurnace.train.logging import read_records
 from mmfurnace.train.recipe import train

@@ -9,7 +9,7 @@ import torch
 
 from mmfurnace.errors import ConfigError, InputError
 from mmfurnace.models import build_model
-from mmfurnace.train.ablation import Variant, _variant_config, run_ablation
+from mmfurnace.train.ablation import ConfigVariant, _variant_config, run_ablation
 from mmfurnace.train.checkpoint import load_encoder_weights, load_model
 from mmfurnace.train.recipe import train
 from tests.train.tinydata import INFO, tiny_datasets, tiny_run_config
@@ -87,7 +87,7 @@ def test_bad_warm_starts_are_config_errors_naming_the_key(unimodal_image, tmp_pa
 
 def test_ablation_fills_in_the_seed_of_each_run(tmp_path):
     base = tiny_run_config(tmp_path / "unused").model_dump(mode="json")
-    variant = Variant("warm", ("train.init_encoders.image=/runs/uni/seed{seed}/best",))
+    variant = ConfigVariant("warm", ("train.init_encoders.image=/runs/uni/seed{seed}/best",))
     cfg, error = _variant_config(base, variant, 7, "base")
     assert error is None
     assert cfg.train.init_encoders == {"image": Path("/runs/uni/seed7/best")}
@@ -98,8 +98,8 @@ def test_ablation_warm_starts_each_seed_from_its_own_baseline(tmp_path):
     runs = tmp_path / "runs"
     base = tiny_run_config(tmp_path / "unused", epochs=1, batch_size=24)
     variants = [
-        Variant("uni-image", ("data.modalities=[image]", "model.fusion=late")),
-        Variant("late", ("model.fusion=late", f"train.init_encoders.image={runs}/uni-image/seed{{seed}}/best")),
+        ConfigVariant("uni-image", ("data.modalities=[image]", "model.fusion=late")),
+        ConfigVariant("late", ("model.fusion=late", f"train.init_encoders.image={runs}/uni-image/seed{{seed}}/best")),
     ]
     result = run_ablation(base, variants, seeds=[0, 1], out_dir=tmp_path, progress=False,
                           datasets=tiny_datasets(24, 12, 12))

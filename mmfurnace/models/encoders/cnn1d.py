@@ -48,13 +48,13 @@ class CNN1dEncoder(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
-        """x (batch, frames, features), padding (batch, frames) True=real ->
-        sequence (batch, ceil(frames / 2**layers), dim) with its padding."""
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
+        """x (batch, frames, features), valid (batch, frames) True=real ->
+        sequence (batch, ceil(frames / 2**layers), dim) with its valid mask."""
         check_rank("cnn1d", x, (3,), "(batch, frames, features)")
         mask = (
-            padding
-            if padding is not None
+            valid
+            if valid is not None
             else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         )
         h = x.masked_fill(~mask.unsqueeze(-1), 0.0).transpose(1, 2)

@@ -28,7 +28,7 @@ class Conv2dBlock(nn.Module):
 
 class CNN2dEncoder(nn.Module):
     """``layers`` conv blocks (channels doubling) over (frames, features); the feature axis is
-    then averaged away, so the sequence runs over time and keeps a padding mask."""
+    then averaged away, so the sequence runs over time and keeps a valid mask."""
 
     def __init__(
         self, *, dim: int = 64, layers: int = 2, channels: int = 16, dropout: float = 0.1
@@ -48,13 +48,13 @@ class CNN2dEncoder(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
-        """x (batch, frames, features), padding (batch, frames) True=real ->
-        sequence (batch, ceil(frames / 2**layers), dim) with its padding."""
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
+        """x (batch, frames, features), valid (batch, frames) True=real ->
+        sequence (batch, ceil(frames / 2**layers), dim) with its valid mask."""
         check_rank("cnn2d", x, (3,), "(batch, frames, features)")
         mask = (
-            padding
-            if padding is not None
+            valid
+            if valid is not None
             else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         )
         h = x.masked_fill(~mask.unsqueeze(-1), 0.0).unsqueeze(1)

@@ -84,7 +84,7 @@ class EfficientNetLiteEncoder(nn.Module):
         """Blocks for ``unfreeze_top``, input to output: stem, the 16 MBConv blocks, head."""
         return [self.stem, *self.blocks, self.head]
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
         """x (batch, 3, height, width) -> sequence (batch, h*w, 1280) of the head's map."""
         check_rank("efficientnet_lite0", x, (4,), "(batch, 3, height, width) RGB images")
         x = self.stem(x)

@@ -98,18 +98,18 @@ class HFEncoder(nn.Module):
         elif getattr(self.model, f"is_{prefix}_checkpointing", False):
             getattr(self.model, f"{prefix}_checkpointing_disable")()
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
-        """x (batch, tokens) int64 ids, padding (batch, tokens) True=real -> (batch, tokens, hidden)."""
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
+        """x (batch, tokens) int64 ids, valid (batch, tokens) True=real -> (batch, tokens, hidden)."""
         check_rank("hf", x, (2,), "(batch, tokens) int64 token ids")
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and x.shape[1] > limit:
             raise InputError(f"text has {x.shape[1]} tokens; this model reads at most {limit}")
-        if padding is None:
-            padding = x != PAD_ID
+        if valid is None:
+            valid = x != PAD_ID
         hidden = self.model(
-            input_ids=x, attention_mask=attendable(padding).long()
+            input_ids=x, attention_mask=attendable(valid).long()
         ).last_hidden_state
-        return EncoderOutput(hidden, masked_mean(hidden, padding), padding)
+        return EncoderOutput(hidden, masked_mean(hidden, valid), valid)
 
 
 @ENCODERS.register("hf")

@@ -57,7 +57,7 @@ class LeNetEncoder(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
         """x (batch, channels, height, width) -> sequence (batch, h*w, dim) of the last map."""
         check_rank("lenet", x, (4,), "(batch, channels, height, width)")
         x = self.stem(x)
@@ -92,7 +92,7 @@ class SpectrogramLeNet(nn.Module):
     """LeNet over a (frames, features) spectrogram seen as a one-channel image, as MultiBench
     encodes AV-MNIST's 112x112 audio: a 5x5 conv stem, then ``layers`` 3x3 blocks that each
     halve the map and double the channels. The feature axis of the last map is averaged
-    away, so the sequence runs over time and keeps a padding mask."""
+    away, so the sequence runs over time and keeps a valid mask."""
 
     def __init__(
         self, *, dim: int = 64, layers: int = 2, channels: int = 16, dropout: float = 0.1
@@ -111,15 +111,15 @@ class SpectrogramLeNet(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
-        """x (batch, frames, features), padding (batch, frames) True=real ->
-        sequence (batch, ceil(frames / 2**(layers + 1)), dim) with its padding."""
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
+        """x (batch, frames, features), valid (batch, frames) True=real ->
+        sequence (batch, ceil(frames / 2**(layers + 1)), dim) with its valid mask."""
         check_rank("lenet", x, (3,), "(batch, frames, features) for a spectrogram")
-        if padding is not None and bool(padding.all()):
-            padding = None  # e.g. AV-MNIST's fixed 112 frames: skip every masking op
-        if padding is not None:
-            x = x.masked_fill(~padding.unsqueeze(-1), 0.0)
-        h, mask = self.stem(x.unsqueeze(1), padding)
+        if valid is not None and bool(valid.all()):
+            valid = None  # e.g. AV-MNIST's fixed 112 frames: skip every masking op
+        if valid is not None:
+            x = x.masked_fill(~valid.unsqueeze(-1), 0.0)
+        h, mask = self.stem(x.unsqueeze(1), valid)
         for block in self.blocks:
             h, mask = run_block(block, h, mask, checkpointing=self.grad_checkpointing)
         tokens = self.proj(h.mean(3).transpose(1, 2))

@@ -36,8 +36,8 @@ class MLPEncoder(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
-        """x (batch, F) or (batch, seq, F), padding (batch, seq) True=real -> (batch, seq|1, dim)."""
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
+        """x (batch, F) or (batch, seq, F), valid (batch, seq) True=real -> (batch, seq|1, dim)."""
         if self.images:
             check_rank("mlp", x, (4,), "(batch, channels, height, width)")
             x = x.flatten(1)  # one token of all its pixels
@@ -47,7 +47,7 @@ class MLPEncoder(nn.Module):
         for block in self.blocks:
             h = run_block(block, h, checkpointing=self.grad_checkpointing)
         h = self.norm(h)
-        mask = padding if x.dim() == 3 else None
+        mask = valid if x.dim() == 3 else None
         return EncoderOutput(h, masked_mean(h, mask), mask)
 
 

@@ -64,7 +64,7 @@ class ResNetEncoder(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
         """x (batch, channels, height, width) -> sequence (batch, h*w, dim) of the last map."""
         check_rank("resnet", x, (4,), "(batch, channels, height, width)")
         x = self.stem(x)

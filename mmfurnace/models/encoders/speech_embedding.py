@@ -106,22 +106,22 @@ class SpeechEmbeddingEncoder(nn.Module):
             h = run_block(stage, h, checkpointing=self.grad_checkpointing)
         return self.head(h).squeeze(3).transpose(1, 2)
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
-        """x (batch, frames, 32) speech_mel features, padding (batch, frames) True=real ->
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
+        """x (batch, frames, 32) speech_mel features, valid (batch, frames) True=real ->
         sequence (batch, windows, 96), windows = (max(frames, 76) - 76) // 8 + 1, with a
-        window's padding True when all its frames are real. A row with fewer than 76 real
+        window's valid mask True when all its frames are real. A row with fewer than 76 real
         frames gets one real window, its missing frames filled with the row's silence floor
         (its maximum - 8), exactly what speech_mel's own padding with digital silence gives."""
         check_rank("speech_embedding", x, (3,), f"(batch, frames, {N_MELS}) speech_mel frames")
-        if padding is None and x.shape[1] >= WINDOW_FRAMES and not torch.jit.is_tracing():
+        if valid is None and x.shape[1] >= WINDOW_FRAMES and not torch.jit.is_tracing():
             # Every frame real (one clip, or clips of one length): nothing to mask. Measured
             # 2.96 vs 3.39 ms CPU per one-window clip in eager mode.
             sequence = self.embed(x)
             windows = torch.ones(sequence.shape[:2], dtype=torch.bool, device=x.device)
             return EncoderOutput(sequence, sequence.mean(1), windows)
         mask = (
-            padding.to(torch.bool)
-            if padding is not None
+            valid.to(torch.bool)
+            if valid is not None
             else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         )
         x, mask = _at_least_one_window(x, mask)

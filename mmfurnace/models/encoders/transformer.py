@@ -42,8 +42,8 @@ class TextTransformerEncoder(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
-    def forward(self, x: Tensor, padding: Tensor | None = None) -> EncoderOutput:
-        """x (batch, tokens) int64 ids, padding (batch, tokens) True=real (default: x != PAD_ID)
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> EncoderOutput:
+        """x (batch, tokens) int64 ids, valid (batch, tokens) True=real (default: x != PAD_ID)
         -> sequence (batch, tokens, dim)."""
         check_rank("transformer", x, (2,), "(batch, tokens) int64 token ids")
         if x.dtype.is_floating_point:
@@ -54,14 +54,14 @@ class TextTransformerEncoder(nn.Module):
             raise InputError(
                 f"text has {x.shape[1]} tokens; encoder 'transformer' allows at most {self.max_len}"
             )
-        if padding is None:
-            padding = x != PAD_ID
-        ignore = ~attendable(padding)
+        if valid is None:
+            valid = x != PAD_ID
+        ignore = ~attendable(valid)
         h = self.drop(self.embed(x) + self.pos[:, : x.shape[1]])
         for block in self.blocks:
             h = run_block(block, h, None, ignore, checkpointing=self.grad_checkpointing)
         h = self.norm(h)
-        return EncoderOutput(h, masked_mean(h, padding), padding)
+        return EncoderOutput(h, masked_mean(h, valid), valid)
 
 
 @ENCODERS.register("transformer")

@@ -69,11 +69,11 @@ class CrossAttentionFusion(nn.Module):
         for i, m in enumerate(self.modalities):
             if m not in features:
                 continue
-            seq, padding = features[m].sequence, features[m].padding
+            seq, valid = features[m].sequence, features[m].valid
             real = (
                 torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
-                if padding is None
-                else padding
+                if valid is None
+                else valid
             )
             if m in present:
                 real = real & present[m].to(torch.bool).unsqueeze(1)

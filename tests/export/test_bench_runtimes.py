@@ -1,4 +1,4 @@
-"""machine_info and the engine benchmark (structure only: tests never judge speed)."""
+"""machine_info and the runtime benchmark (structure only: tests never judge speed)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from mmfurnace.bench.engines import (
-    bench_engines,
+from mmfurnace.bench.machine import ISA_FLAGS, machine_info
+from mmfurnace.bench.runtime_report import (
     best_cpu_vs_eager,
     format_table,
-    plot_engines,
+    plot_runtimes,
     print_table,
 )
-from mmfurnace.bench.machine import ISA_FLAGS, machine_info
+from mmfurnace.bench.runtimes import bench_runtimes
 from mmfurnace.export import make_example_batch
 from tests.export.conftest import Exported
 
@@ -30,15 +30,15 @@ def test_machine_info_is_json_and_complete() -> None:
     assert isinstance(info["gpus"], list)
 
 
-def test_bench_engines_one_interleaved_run(late: Exported, tmp_path, capsys) -> None:
+def test_bench_runtimes_one_interleaved_run(late: Exported, tmp_path, capsys) -> None:
     batches = {
         b: make_example_batch(late.info, b, lengths={"audio": 30, "text": 9}, seed=b)
         for b in (1, 4)
     }
-    result = bench_engines(
+    result = bench_runtimes(
         late.dir,
         batches,
-        backends=["eager", "onnxruntime", "tensorrt"],
+        runtimes=["eager", "onnxruntime", "tensorrt"],
         warmup=1,
         iters=3,
         rounds=2,
@@ -69,5 +69,19 @@ def test_bench_engines_one_interleaved_run(late: Exported, tmp_path, capsys) -> 
     assert "onnxruntime" in format_table(result)
     print_table(result)
     assert "machine :" in capsys.readouterr().out
-    png = plot_engines(result, tmp_path / "engines.png")
+    png = plot_runtimes(result, tmp_path / "runtimes.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_old_engine_names_still_run_the_runtime_benchmark(monkeypatch) -> None:
+    from mmfurnace.bench import engine_suite, engines, runtime_suite, runtimes
+
+    seen = {}
+    monkeypatch.setattr(runtimes, "bench_runtimes", lambda *a, **kw: seen.setdefault("bench", kw))
+    monkeypatch.setattr(runtime_suite, "run_runtime_bench", lambda *a, **kw: seen.setdefault("suite", kw))
+    monkeypatch.setattr(engines, "bench_runtimes", runtimes.bench_runtimes)
+    monkeypatch.setattr(engine_suite, "run_runtime_bench", runtime_suite.run_runtime_bench)
+    engines.bench_engines("export", {}, backends=["eager"], iters=3)
+    engine_suite.run_engine_bench(None, backends=["onnxruntime"])
+    assert seen == {"bench": {"runtimes": ["eager"], "iters": 3}, "suite": {"runtimes": ["onnxruntime"]}}
+    assert engines.plot_engines is plot_runtimes
