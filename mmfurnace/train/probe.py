@@ -11,8 +11,9 @@ the fusion models train on, pooled as the encoders pool them (masked mean over t
 Each feature is standardised with the train split's mean and std (over rows that have the
 modality); a row without a modality gets zeros there, i.e. the train mean, so the probe falls
 back to the other modalities (or to the class prior) as a fusion model does with its mask.
-The fit is full-batch L-BFGS from zero weights on a convex objective, so it is deterministic:
-seeds do not change a probe.
+The fit is full-batch L-BFGS on a convex objective, from zeros for the strongest weight decay
+and from the previous fit for each weaker one, so it is deterministic: seeds do not change a
+probe.
 """
 
 from __future__ import annotations
@@ -173,29 +174,37 @@ def design_matrix(split: PooledSplit, modalities: Sequence[str], mean: Tensor, s
 
 
 def fit_logistic(
-    x: Tensor, y: Tensor, *, num_classes: int, weight_decay: float, max_iter: int = 300
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_classes: int,
+    weight_decay: float,
+    max_iter: int = 200,
+    init: nn.Linear | None = None,
 ) -> nn.Linear:
     """Multinomial logistic regression: minimises mean cross-entropy + weight_decay / 2 *
-    |W|^2 (bias not penalised) by full-batch L-BFGS from zeros. x (rows, dim), y (rows,)."""
+    |W|^2 (bias not penalised) by full-batch L-BFGS, from zeros or from ``init`` (a fit with
+    a neighbouring weight decay, which converges in a fraction of the steps). x (rows, dim),
+    y (rows,)."""
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise InputError(f"probe: {x.shape[0]} feature rows for {y.shape[0]} labels")
-    linear = nn.Linear(x.shape[1], num_classes, dtype=torch.float64)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    x64 = x.double()
+    linear = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        linear.weight.copy_(init.weight if init is not None else torch.zeros_like(linear.weight))
+        linear.bias.copy_(init.bias if init is not None else torch.zeros_like(linear.bias))
     optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-7, tolerance_change=1e-12,
+                                  tolerance_grad=1e-6, tolerance_change=1e-10,
                                   line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(linear(x64), y) + 0.5 * weight_decay * linear.weight.square().sum()
+        loss = F.cross_entropy(linear(x), y) + 0.5 * weight_decay * linear.weight.square().sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return linear.float().requires_grad_(False)
+    return linear.requires_grad_(False)
 
 
 def run_probe(
@@ -204,7 +213,7 @@ def run_probe(
     *,
     num_classes: int | None = None,
     weight_decays: Sequence[float] = WEIGHT_DECAYS,
-    max_iter: int = 300,
+    max_iter: int = 200,
 ) -> ProbeResult:
     """Fit a probe on ``splits["train"]`` for each weight decay, keep the one with the best
     ``splits["valid"]`` accuracy (the stronger one on a tie), and score it on ``splits["test"]``
@@ -225,9 +234,10 @@ def run_probe(
     x_train, x_valid = (design_matrix(s, modalities, mean, std) for s in (train, valid))
     scores: dict[float, float] = {}
     best: tuple[float, float, nn.Linear] | None = None
+    previous = None
     for wd in sorted(weight_decays, reverse=True):  # strongest first: it wins ties
-        linear = fit_logistic(x_train, train.labels, num_classes=classes, weight_decay=wd,
-                              max_iter=max_iter)
+        previous = linear = fit_logistic(x_train, train.labels, num_classes=classes,
+                                         weight_decay=wd, max_iter=max_iter, init=previous)
         with torch.no_grad():
             scores[wd] = classification_metrics(linear(x_valid), valid.labels, multilabel=False)["accuracy"]
         if best is None or scores[wd] > best[0]:
