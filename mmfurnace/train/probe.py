@@ -214,10 +214,12 @@ def run_probe(
     num_classes: int | None = None,
     weight_decays: Sequence[float] = WEIGHT_DECAYS,
     max_iter: int = 200,
+    standardize: bool = True,
 ) -> ProbeResult:
     """Fit a probe on ``splits["train"]`` for each weight decay, keep the one with the best
     ``splits["valid"]`` accuracy (the stronger one on a tie), and score it on ``splits["test"]``
-    when there is one. ``num_classes`` defaults to 1 + the largest label seen."""
+    when there is one. ``num_classes`` defaults to 1 + the largest label seen.
+    ``standardize=False`` fits the raw features (to measure what standardising is worth)."""
     modalities = sorted(modalities)
     missing = [s for s in ("train", "valid") if s not in splits]
     if missing:
@@ -231,6 +233,8 @@ def run_probe(
     train, valid = splits["train"], splits["valid"]
     classes = num_classes or 1 + int(max(int(s.labels.max()) for s in splits.values() if len(s)))
     mean, std = standardizer(train, modalities)
+    if not standardize:
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
     x_train, x_valid = (design_matrix(s, modalities, mean, std) for s in (train, valid))
     scores: dict[float, float] = {}
     best: tuple[float, float, nn.Linear] | None = None

@@ -70,6 +70,9 @@ def test_run_probe_picks_weight_decay_on_valid_and_scores_test() -> None:
     assert set(result.test) == {"accuracy", "micro_f1", "macro_f1"}
     again = run_probe(splits, ["image"], weight_decays=(1e-3, 1e-2, 30.0))
     assert again.test == result.test  # deterministic: no seed to vary
+    raw = run_probe(splits, ["image"], weight_decays=(1e-2,), standardize=False)
+    assert torch.all(raw.mean == 0)
+    assert torch.all(raw.std == 1)
 
 
 def test_absent_modality_gets_the_train_mean_and_concat_uses_the_other() -> None:
