@@ -94,6 +94,7 @@ def build_model(
         modalities=chosen,
         multilabel=info.multilabel,
         proj_dim=cfg.proj_dim,
+        feature_norm=cfg.feature_norm,
     )
 
 

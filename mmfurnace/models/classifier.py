@@ -48,6 +48,7 @@ class MultimodalClassifier(nn.Module):
         modalities: Sequence[str],
         multilabel: bool = False,
         proj_dim: int = 32,
+        feature_norm: bool = False,
     ) -> None:
         super().__init__()
         self.modalities = sorted(modalities)
@@ -67,6 +68,14 @@ class MultimodalClassifier(nn.Module):
             {m: nn.Linear(encoders[m].out_dim, proj_dim) for m in self.modalities}
         )
         self.multilabel = multilabel
+        # Pretrained encoders' outputs differ in scale by 50x and more (speech_embedding's
+        # average |x| is ~12, EfficientNet's and MiniLM's ~0.2): the fusion would then weigh
+        # the loudest modality most. A LayerNorm per modality puts them on one scale; it sits
+        # after the encoder, so a frozen encoder's cached features still apply.
+        self.feature_norms = (
+            nn.ModuleDict({m: nn.LayerNorm(int(encoders[m].out_dim)) for m in self.modalities})
+            if feature_norm else None
+        )
 
     def train(self, mode: bool = True) -> MultimodalClassifier:
         """Train/eval mode; frozen encoder parts (models/freeze.py) stay in eval mode."""
@@ -108,7 +117,11 @@ class MultimodalClassifier(nn.Module):
             x = zero_absent(x, present)
             if valid is not None:
                 valid = valid & present.unsqueeze(1)
-        return self.encoders[modality](x, valid)
+        out = self.encoders[modality](x, valid)
+        if self.feature_norms is None:
+            return out
+        norm = self.feature_norms[modality]
+        return EncoderOutput(norm(out.sequence), norm(out.pooled), out.valid)
 
     def fuse(self, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
         """Fusion + head: features of any subset of modalities -> logits (batch, num_classes)."""

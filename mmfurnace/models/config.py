@@ -120,6 +120,10 @@ class ModelConfig(StrictModel):
     )  # tensor fusion: each modality is projected to this before the outer product
     proj_dim: int = Field(32, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    feature_norm: bool = Field(
+        False, description="a LayerNorm on each modality's encoder output before the fusion "
+        "(pretrained encoders' outputs differ in scale; frozen ones stay cached)"
+    )
 
     @field_validator("fusion")
     @classmethod

@@ -176,3 +176,30 @@ def test_multilabel_flag_comes_from_dataset(tiny_info) -> None:
 
     assert build_model(tiny_config("late"), replace(tiny_info, multilabel=True)).multilabel
     assert not build_model(tiny_config("late"), tiny_info).multilabel
+
+
+@pytest.mark.parametrize("name", ["early", "late", "cross_attention", "low_rank_tensor"])
+def test_feature_norm_puts_every_modality_on_one_scale(tiny_info, name: str) -> None:
+    cfg = tiny_config(name)
+    cfg.feature_norm = True
+    model = build_model(cfg, tiny_info).eval()
+    assert sorted(model.feature_norms) == sorted(model.modalities)
+    inputs, valid = make_inputs()
+    present = absent_rows(6)
+    with torch.no_grad():
+        out = model(inputs, present, valid)
+        # an encoder whose outputs are 40x larger (as speech_embedding's are beside
+        # EfficientNet's) gives the same logits: the fusion sees normalised features
+        audio = model.encoders["audio"]
+        handle = audio.register_forward_hook(
+            lambda _m, _i, o: type(o)(o.sequence * 40.0, o.pooled * 40.0, o.valid))
+        loud = model(inputs, present, valid)
+        handle.remove()
+    torch.testing.assert_close(loud.logits, out.logits, rtol=1e-4, atol=1e-4)
+    rows = present["audio"]
+    pooled = out.embeddings["audio"][rows]
+    torch.testing.assert_close(pooled.mean(-1), torch.zeros(int(rows.sum())), rtol=0, atol=1e-5)
+    plain = build_model(tiny_config(name), tiny_info)
+    assert plain.feature_norms is None
+    with pytest.raises(RuntimeError, match="feature_norms"):
+        plain.load_state_dict(model.state_dict())  # another architecture: a clear mismatch

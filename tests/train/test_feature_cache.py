@@ -185,3 +185,18 @@ def test_training_on_the_cache_matches_training_through_the_encoders(tmp_path: P
     train(cfg, progress=False, datasets=tiny_datasets(24, 12, 12))
     start = json.loads((tmp_path / "again" / "metrics.jsonl").read_text().splitlines()[0])
     assert all(s["hit"] for s in start["feature_cache"].values())
+
+
+def test_feature_norm_sits_after_the_cache(tmp_path: Path) -> None:
+    cfg = frozen_config("audio", "image", "text")
+    cfg.feature_norm = True  # a LayerNorm per modality between the encoders and the fusion
+    torch.manual_seed(0)
+    model = build_model(cfg, INFO)
+    splits = tiny_datasets(16, 8, 8)
+    cache = cache_features(model, splits, cache_dir=tmp_path)
+    assert sorted(cache.entries) == MODALITIES  # the norms are not encoders: still cached
+    view = cache.view(model)
+    assert view.feature_norms is model.feature_norms
+    cached = cache.datasets(splits)
+    torch.testing.assert_close(logits(view, cached["test"]), logits(model, splits["test"]),
+                               rtol=1e-5, atol=1e-5)

