@@ -27,7 +27,10 @@ training samples/s and peak memory, in one table.
 3. Measured: test accuracy; accuracy with one modality alone (mmfurnace: the other marked
    absent; MultiBench has no masks: the other zeroed, as its robustness scripts do); training
    samples/s (the epoch loop: loading + forward + backward + step, no validation); peak
-   anonymous RSS of the process tree (sampled every 0.2 s from /proc); parameters.
+   anonymous memory of the process tree (sampled every 0.2 s from /proc: the sum of each
+   process's proportional share, Pss_Anon, so pages a forked child shares copy-on-write with
+   its parent count once: MultiBench's memory_profiler forks a sampler after the arrays are
+   loaded, and summed RssAnon counted them twice); parameters.
 
 Variants (``--variants``, comma-separated names):
 
@@ -118,14 +121,13 @@ def _pack_logmel(data: Path, out: Path) -> Path:
 
 
 def _tree_anon_kib(pid: int) -> int:
-    """RssAnon of ``pid`` and its descendants, KiB (0 for processes already gone)."""
+    """Anonymous memory of ``pid`` and its descendants, KiB: Pss_Anon (RssAnon where the
+    kernel has no smaps_rollup); 0 for processes already gone."""
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    total += int(line.split()[1])
+            total += _anon_kib(p)
             children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
@@ -133,8 +135,17 @@ def _tree_anon_kib(pid: int) -> int:
     return total
 
 
+def _anon_kib(pid: int) -> int:
+    rollup = Path(f"/proc/{pid}/smaps_rollup")
+    source, key = (rollup, "Pss_Anon:") if rollup.exists() else (Path(f"/proc/{pid}/status"), "RssAnon:")
+    for line in source.read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
+
+
 def run_measured(cmd: list[str], *, cwd: Path, log: Path) -> tuple[int, float]:
-    """Run ``cmd``; return (exit status, peak anonymous RSS of its process tree in MiB)."""
+    """Run ``cmd``; return (exit status, peak anonymous memory (PSS) of its process tree, MiB)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MB_WORKDIR": str(cwd.resolve())}
     peak = 0
     with log.open("w") as out:
@@ -278,7 +289,7 @@ def run_speed(args: argparse.Namespace, layout: Path) -> dict[str, Any]:
             raw = json.loads(line[len(tag):])
             sps = raw["epochs"][0]["samples_per_s"] if system == "multibench" else raw["samples_per_s"]
             runs[system].append({"round": r, "samples_per_s": sps, "peak_anon_mib": peak})
-            print(f"round {r}: {system} {sps:.1f} samples/s, peak anon RSS {peak:.0f} MiB",
+            print(f"round {r}: {system} {sps:.1f} samples/s, peak anon PSS {peak:.0f} MiB",
                   flush=True)
     return runs
 
@@ -287,7 +298,7 @@ def print_speed(runs: dict[str, list[dict[str, Any]]]) -> None:
     from statistics import median
 
     print("\n| system | samples/s per round | median | x MultiBench (per-round median) "
-          "| peak anon RSS |")
+          "| peak anon PSS |")
     print("|---|---|---|---|---|")
     mb = runs.get("multibench")
     for system, rs in runs.items():
@@ -334,7 +345,7 @@ def print_table(rows: list[dict[str, Any]], note: str | None) -> None:
         return "—" if x is None else f"{100 * x:.1f} %"
 
     print("\n| system | variant | epochs | test acc | image alone | audio alone | train samples/s "
-          "| peak anon RSS | params |")
+          "| peak anon PSS | params |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['system']} | {r['variant']} | {r['epochs']} | {pct(r['test_accuracy'])} | "

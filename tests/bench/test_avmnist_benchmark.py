@@ -179,3 +179,31 @@ def test_benchmark_tables_both_systems(tmp_path: Path, capsys: pytest.CaptureFix
     assert set(speed) == {"multibench", "mbsize-early"}
     assert all(r["samples_per_s"] > 0 for runs in speed.values() for r in runs)
     assert "x MultiBench" in capsys.readouterr().out
+
+
+def test_tree_memory_counts_pages_shared_with_a_forked_child_once() -> None:
+    """A forked child shares its parent's pages copy-on-write; summing RssAnon over the tree
+    counted them twice (MultiBench's memory_profiler forks after loading its arrays)."""
+    import os
+    import signal
+
+    bench = load_benchmark("avmnist_vs_multibench")
+    block = bytearray(b"\x01") * (64 << 20)  # written, so its pages are resident
+    before = bench._tree_anon_kib(os.getpid())
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read)
+        os.write(write, b"x")
+        signal.pause()
+    try:
+        os.close(write)
+        assert os.read(read, 1) == b"x"
+        after = bench._tree_anon_kib(os.getpid())
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(read)
+    assert before >= 64 << 10
+    assert after - before < 16 << 10, (before, after)
+    del block
