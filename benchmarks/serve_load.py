@@ -460,40 +460,56 @@ def stop_group(proc: Any) -> None:
         time.sleep(0.5)  # let the children see the signal too
 
 
-def run_ray_server(export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
+def run_ray_server(export: Path, samples: list[dict[str, Any]], args: argparse.Namespace,
+                   pool: Any) -> list[dict[str, Any]]:
     """The default config deployed on a local Ray Serve (``mmfurnace serve --ray``: with every
     stage on the CPU, one whole-engine deployment sized to the machine's CPUs), loaded like the
-    variants. Server CPU counts every process this one started (GCS, raylet, proxy, replica,
-    its batch workers) except the load generator."""
+    variants twice: on the replica's own port (direct ingress, the default) and through Ray's
+    proxy. Server CPU counts every process this one started (GCS, raylet, proxy, replica, its
+    batch workers) except the load generator."""
     import ray
     from ray import serve
 
     from mmfurnace.serve.config import ServeConfig
-    from mmfurnace.serve.ray_app import build_ray_app
+    from mmfurnace.serve.ray_app import build_ray_app, direct_ingress_env, direct_urls
     from mmfurnace.serve.server import free_port
 
     cfg = ServeConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                      preprocess_workers=args.preprocess_workers, intra_op_threads=args.ort_threads)
+                      preprocess_workers=args.preprocess_workers, intra_op_threads=args.ort_threads,
+                      ray={"direct_port": free_port()})
     port = free_port()
+    saved = dict(os.environ)
+    os.environ.update(direct_ingress_env(cfg.ray.direct_port))  # as `mmfurnace serve --ray` does
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    out = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         available = float(ray.available_resources().get("CPU", 0.0))
         serve.run(build_ray_app(export, cfg, available_cpus=available), name=cfg.model_name, route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
         client = set(_loadgen().process_tree(next(iter(pool._processes))))  # the load generator
         pids = [p for p in _loadgen().process_tree(os.getpid()) if p not in client]
-        result = pool.submit(load_raw, url, samples, args.clients, args.requests, args.seconds, "/v1/predict", True,
-                             pids).result()
-        if args.one_client:
-            result["one_client"] = pool.submit(load_raw, url, samples, 1, args.requests, min(args.seconds, 5.0)).result()
         deployments = sorted(serve.status().applications[cfg.model_name].deployments)
+        urls = {"ray": (direct_urls("127.0.0.1", cfg) or [None])[0], "ray-proxy": f"http://127.0.0.1:{port}"}
+        for name, url in urls.items():
+            if url is None:
+                print("  Ray Serve's direct ingress did not start: no replica answers on its own port", flush=True)
+                continue
+            result = pool.submit(load_raw, url, samples, args.clients, args.requests, args.seconds, "/v1/predict",
+                                 True, pids).result()
+            if args.one_client:
+                result["one_client"] = pool.submit(load_raw, url, samples, 1, args.requests,
+                                                   min(args.seconds, 5.0)).result()
+            label = ("default config on Ray Serve, replica's own port" if name == "ray"
+                     else "default config on Ray Serve, through its proxy")
+            result.update(variant=name, label=label, mean_batch_size=float("nan"),
+                          config={"ray": True, "deployments": deployments, "cpus": available, "url": url}, engine={})
+            out.append(result)
     finally:
         serve.shutdown()
         ray.shutdown()
-    result.update(variant="ray", label="default config on Ray Serve", mean_batch_size=float("nan"),
-                  config={"ray": True, "deployments": deployments, "cpus": available}, engine={})
-    return result
+        os.environ.clear()
+        os.environ.update(saved)
+    return out
 
 
 def measure_http_ceiling(export: Path, samples: list[dict[str, Any]], args: argparse.Namespace, pool: Any) -> dict[str, Any]:
@@ -763,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
                         rounds[peer].append(run_peer(peer, export, samples, args, pool))
                     if args.ray:
                         print(f"round {k + 1}/{args.rounds}: the default config on Ray Serve ...", flush=True)
-                        rounds.setdefault("ray", []).append(run_ray_server(export, samples, args, pool))
+                        for result in run_ray_server(export, samples, args, pool):
+                            rounds.setdefault(result["variant"], []).append(result)
                 results = [median_round(rs) for rs in rounds.values()]
             report["http"] = results
             report["targets"] = check_targets(results, args.max_wait_ms)

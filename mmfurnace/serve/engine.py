@@ -113,8 +113,7 @@ class InferenceEngine:
         self._keep_alive = keep_alive  # e.g. the temporary export a from_model engine runs
         self._batchers: dict[str, DynamicBatcher] = {}
         self._threads: dict[str, tuple[ThreadPoolExecutor, ThreadPoolExecutor]] = {}
-        self.admission = Admission(cfg.latency_budget_ms / 1000.0 if cfg.latency_budget_ms else None,
-                                   retry_after_s=cfg.retry_after_s)
+        self.admission = Admission.from_config(cfg.latency_budget_ms, cfg.max_batch_size, cfg.retry_after_s)
         self.gate = RequestGate(cfg, self.signature, self.metrics, self.admission)
         self._saved_threads: int | None = None
         self.ready = False
@@ -235,7 +234,9 @@ class InferenceEngine:
                            "where": "in the model's worker processes, batched" if self.workers else "pool",
                            "raw_modalities": self.pool.preprocessor.raw_modalities},
             "stages": {g: s.describe() for g, s in self.stages.items()},
-            "admission": {"latency_budget_ms": self.cfg.latency_budget_ms, "max_queue": self.cfg.max_queue,
+            "admission": {"latency_budget_ms": self.cfg.latency_budget_ms,
+                          "budget_now_ms": None if (b := self.admission.budget()) is None else round(b * 1000, 1),
+                          "max_queue": self.cfg.max_queue,
                           "max_concurrency": self.cfg.max_concurrency},
         }
 

@@ -39,6 +39,7 @@ the tokenizer and preprocessing settings travel with the application. Scale with
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -278,6 +279,33 @@ def build_ray_app(export_dir: str | Path, cfg: ServeConfig | None = None, *, tok
     ).bind(cfg.model_dump(mode="json"), signature, settings, handles)
 
 
+def direct_ingress_env(first_port: int) -> dict[str, str]:
+    """The environment under which Ray Serve's ingress replicas serve HTTP themselves (direct
+    ingress), from ``first_port`` upward. It must be in place before Ray starts."""
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first_port + 1000),
+    }
+
+
+def direct_urls(host: str, cfg: ServeConfig, timeout_s: float = 2.0) -> list[str]:
+    """The replicas answering HTTP directly (``ray.direct_ingress``): one URL per port from
+    ``ray.direct_port`` that answers GET /v2/health/live."""
+    import urllib.request
+
+    found = []
+    for k in range(cfg.ray.num_replicas):
+        url = f"http://{host}:{cfg.ray.direct_port + k}"
+        try:
+            with urllib.request.urlopen(url + "/v2/health/live", timeout=timeout_s) as r:
+                if r.status == 200:
+                    found.append(url)
+        except OSError:
+            continue
+    return found
+
+
 def run_ray(
     export_dir: str | Path,
     cfg: ServeConfig | None = None,
@@ -298,11 +326,17 @@ def run_ray(
 
     cfg = cfg or ServeConfig()
     if not ray.is_initialized():
+        if address is None and cfg.ray.direct_ingress:
+            # Read by the controller and replicas Ray starts from this process's environment.
+            os.environ.update(direct_ingress_env(cfg.ray.direct_port))
         ray.init(address=address)
     available = float(ray.available_resources().get("CPU", 0.0))
     application = build_ray_app(export_dir, cfg, tokenizer=tokenizer, available_cpus=available)
     serve.start(http_options={"host": host, "port": port})
     serve.run(application, name=cfg.model_name, route_prefix="/")
+    direct = direct_urls(host, cfg)
+    print(f"serving on http://{host}:{port} (Ray Serve proxy)"
+          + (f"; replicas directly on {', '.join(direct)}" if direct else ""), flush=True)
     if not blocking:
         return
     try:

@@ -68,6 +68,34 @@ def test_open_loop_accounts_for_every_offered_request(server, samples) -> None:
     assert out["goodput_rps"] > 0
 
 
+def test_open_loop_sends_per_tick_instead_of_spinning() -> None:
+    """2,000 requests a second for 0.5 s against a server that answers at once: every request
+    is answered, and the scheduler wakes about once a millisecond tick (it spun ~50 times per
+    request when it slept for less than the event loop's timer resolution)."""
+    bench = load_benchmark("loadgen")
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(answer * data.count(b"\r\n\r\n{}"))
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        async with server:
+            return await bench.open_loop("127.0.0.1", port, [request], rate=2000.0, seconds=0.5)
+
+    out = asyncio.run(main())
+    assert out["statuses"] == {"200": 1000}
+    assert out["connection_resets"] == out["client_timeouts"] == out["not_sent"] == 0
+    assert out["wakeups"] <= 0.5 / bench.TICK_S + 50
+    assert out["send_lag_p99_ms"] is not None
+
+
 def test_process_tree_finds_children() -> None:
     import subprocess
     import sys

@@ -81,6 +81,34 @@ def test_ray_whole_engine_starts_on_two_cpus_without_settings(export_dir, info) 
         ray.shutdown()
 
 
+@pytest.mark.slow
+def test_ray_replica_also_serves_http_on_its_own_port(export_dir, info, monkeypatch) -> None:
+    """``mmfurnace serve --ray`` on a local Ray: the replica answers on ray.direct_port (direct
+    ingress, no proxy hop) as it does through the proxy — the same probabilities."""
+    from mmfurnace.serve.ray_app import direct_ingress_env, direct_urls, run_ray
+
+    cfg = ServeConfig(preprocess_workers=1, ray={"direct_port": free_port()})
+    for key, value in direct_ingress_env(cfg.ray.direct_port).items():
+        monkeypatch.setenv(key, value)  # run_ray sets them too; this restores them afterwards
+    port = free_port()
+    try:
+        run_ray(export_dir, cfg, port=port, blocking=False)
+        direct = f"http://127.0.0.1:{cfg.ray.direct_port}"
+        assert direct_urls("127.0.0.1", cfg) == [direct]
+        files = {"image": ("x.png", png_bytes(4), "image/png"), "audio": ("x.wav", wav_bytes(320), "audio/wav")}
+        answers = []
+        with httpx.Client(timeout=60) as client:
+            for url in (direct, f"http://127.0.0.1:{port}"):
+                r = client.post(url + "/v1/predict", files=files, data={"text": "four"})
+                assert r.status_code == 200, r.text
+                answers.append(r.json())
+        assert answers[0]["label"] in info.class_names
+        assert answers[0]["probabilities"] == pytest.approx(answers[1]["probabilities"], abs=1e-6)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def test_cpu_reservations_fit_the_cluster_or_fail_at_once() -> None:
     from mmfurnace.errors import ConfigError
     from mmfurnace.serve.ray_app import cpus_per_replica
