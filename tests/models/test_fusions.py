@@ -194,16 +194,17 @@ def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: i
     def full_layers(feats: dict[str, EncoderOutput]) -> torch.Tensor:
         # the same inputs as forward builds, through every block in full
         batch = next(iter(feats.values())).sequence.shape[0]
-        tokens, ignore = [fusion.cls.expand(batch, -1, -1)], [torch.zeros(batch, 1, dtype=torch.bool)]
+        tokens, bias = [fusion.cls.expand(batch, -1, -1)], [torch.zeros(batch, 1)]
         for i, m in enumerate(fusion.modalities):
             seq, pad = feats[m].sequence, feats[m].valid
             real = (torch.ones(seq.shape[:2], dtype=torch.bool) if pad is None else pad)
             real = real & present[m].unsqueeze(1)
             tokens.append(fusion.proj[m](seq.masked_fill(~real.unsqueeze(-1), 0.0)) + fusion.type_embed[i])
-            ignore.append(~real)
-        x, key_ignore = torch.cat(tokens, 1), torch.cat(ignore, 1)
+            n = real.sum(1, keepdim=True).clamp(min=1).float()  # token balance: -log(n) each
+            bias.append(torch.where(real, -torch.log(n), float("-inf")))
+        x, key_mask = torch.cat(tokens, 1), torch.cat(bias, 1)
         for block in fusion.blocks:
-            x = block(x, src_key_padding_mask=key_ignore)
+            x = block(x, src_key_padding_mask=key_mask)
         return fusion.norm(x[:, 0])
 
     fast = fusion(features, present).fused
@@ -215,3 +216,64 @@ def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: i
     ref_grads = torch.autograd.grad((reference * weights).sum(), list(fusion.parameters()))
     for got, want in zip(fast_grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cross_attention_gives_each_modality_an_equal_share_at_equal_scores() -> None:
+    # 16 image tokens beside 2 audio tokens: with zero queries every score is equal, and each
+    # modality's tokens together get the same attention as the fusion token gets alone
+    from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
+
+    fusion = CrossAttentionFusion(dims={"audio": 4, "image": 4}, hidden_dim=8, heads=2).eval()
+    seen = {}
+    attn = fusion.blocks[0].self_attn
+    attn.register_forward_hook(lambda _m, args, kwargs, _o: seen.update(kwargs), with_kwargs=True)
+    feats = {"audio": EncoderOutput(torch.randn(3, 2, 4), torch.zeros(3, 4), None),
+             "image": EncoderOutput(torch.randn(3, 16, 4), torch.zeros(3, 4), None)}
+    fusion(feats, {"audio": torch.ones(3, dtype=torch.bool), "image": torch.ones(3, dtype=torch.bool)})
+    weights = torch.softmax(seen["key_padding_mask"], dim=1)  # the scores' prior
+    shares = [weights[:, :1].sum(1), weights[:, 1:3].sum(1), weights[:, 3:].sum(1)]
+    for share in shares:
+        torch.testing.assert_close(share, torch.full((3,), 1 / 3))
+
+
+def test_cross_attention_checkpoint_from_before_token_balance_loads_as_it_was_trained() -> None:
+    from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
+
+    torch.manual_seed(0)
+    fusion = CrossAttentionFusion(dims={"audio": 4, "image": 4}, hidden_dim=8, heads=2).eval()
+    old = {k: v for k, v in fusion.state_dict().items() if k != "token_balance"}
+    fusion.load_state_dict(old)
+    assert float(fusion.token_balance) == 0.0
+    feats = {"audio": EncoderOutput(torch.randn(3, 2, 4), torch.zeros(3, 4), None),
+             "image": EncoderOutput(torch.randn(3, 16, 4), torch.zeros(3, 4), None)}
+    present = {"audio": torch.tensor([True, False, True]), "image": torch.ones(3, dtype=torch.bool)}
+    got = fusion(feats, present).fused
+    block = fusion.blocks[0]  # the attention those models had: a plain padding mask
+    tokens = torch.cat([fusion.cls.expand(3, -1, -1)]
+                       + [fusion.proj[m](feats[m].sequence * present[m][:, None, None]) + fusion.type_embed[i]
+                          for i, m in enumerate(fusion.modalities)], 1)
+    ignore = torch.cat([torch.zeros(3, 1, dtype=torch.bool), ~present["audio"][:, None].expand(3, 2),
+                        torch.zeros(3, 16, dtype=torch.bool)], 1)
+    want = fusion.norm(block(tokens, src_key_padding_mask=ignore)[:, 0])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_low_rank_tensor_factors_start_near_one_so_each_modality_learns_alone() -> None:
+    # the constant row starts at 1: with the other modality absent (its factor = that row),
+    # a modality's weights still get a gradient of their own size, not one scaled down by a
+    # near-zero factor of the other
+    from mmfurnace.models.fusion.low_rank_tensor import LowRankTensorFusion
+
+    torch.manual_seed(0)
+    fusion = LowRankTensorFusion(dims={m: FEATURE_DIMS[m] for m in ("audio", "image")}, hidden_dim=16, rank=4)
+    for m in fusion.modalities:
+        torch.testing.assert_close(fusion.factors[m][:, 0], torch.ones(4, 16))
+    feats = make_features(("audio", "image"))
+    only_image = {"audio": torch.zeros(5, dtype=torch.bool), "image": torch.ones(5, dtype=torch.bool)}
+    both = {m: torch.ones(5, dtype=torch.bool) for m in ("audio", "image")}
+    grads = []
+    for present in (only_image, both):
+        fusion.zero_grad()
+        fusion(feats, present).fused.pow(2).sum().backward()
+        grads.append(fusion.factors["image"].grad[:, 1:].norm())
+    assert 0.5 < float(grads[0] / grads[1]) < 2.0
