@@ -181,8 +181,9 @@ def test_late_fusion_produces_logits_and_weight_count() -> None:
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: int) -> None:
-    # The last block runs for the fusion token only; it must give what the stock layer gives
-    # for that token (values and gradients), with padding and absent rows in the batch.
+    # The last block runs for the fusion token only, its attention the mean of one attention
+    # per modality; it must give what stock layers give for that token (values and gradients),
+    # with padding and absent rows in the batch.
     from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
 
     torch.manual_seed(0)
@@ -192,7 +193,7 @@ def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: i
     features, present = make_features(modalities), presence(5, modalities)
 
     def full_layers(feats: dict[str, EncoderOutput]) -> torch.Tensor:
-        # the same inputs as forward builds, through every block in full
+        # the same inputs as forward builds, through stock layers
         batch = next(iter(feats.values())).sequence.shape[0]
         tokens, bias = [fusion.cls.expand(batch, -1, -1)], [torch.zeros(batch, 1)]
         for i, m in enumerate(fusion.modalities):
@@ -200,12 +201,25 @@ def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: i
             real = (torch.ones(seq.shape[:2], dtype=torch.bool) if pad is None else pad)
             real = real & present[m].unsqueeze(1)
             tokens.append(fusion.proj[m](seq.masked_fill(~real.unsqueeze(-1), 0.0)) + fusion.type_embed[i])
-            n = real.sum(1, keepdim=True).clamp(min=1).float()  # token balance: -log(n) each
+            n = real.sum(1, keepdim=True).clamp(min=1).float()  # -log(n) each
             bias.append(torch.where(real, -torch.log(n), float("-inf")))
         x, key_mask = torch.cat(tokens, 1), torch.cat(bias, 1)
-        for block in fusion.blocks:
+        *inner, last = fusion.blocks
+        for block in inner:
             x = block(x, src_key_padding_mask=key_mask)
-        return fusion.norm(x[:, 0])
+        # last block: a stock attention per modality (others' keys hidden), averaged
+        h = last.norm1(x)
+        starts = torch.cumsum(torch.tensor([1] + [b.shape[1] for b in bias[1:]]), 0).tolist()
+        attended, has = [], []
+        for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+            mask = torch.full_like(key_mask, float("-inf"))
+            mask[:, :1], mask[:, lo:hi] = key_mask[:, :1], key_mask[:, lo:hi]
+            attended.append(last.self_attn(h, h, h, key_padding_mask=mask)[0][:, :1])
+            has.append((key_mask[:, lo:hi] > float("-inf")).any(1).float().view(-1, 1, 1))
+        # the mean over the modalities the row has (none: the fusion token goes on alone)
+        out = x[:, :1] + sum(a * w for a, w in zip(attended, has, strict=True)) / sum(has).clamp(min=1)
+        out = out + last.linear2(last.activation(last.linear1(last.norm2(out))))
+        return fusion.norm(out[:, 0])
 
     fast = fusion(features, present).fused
     reference = full_layers(features)
@@ -218,32 +232,48 @@ def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: i
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_fusion_token_block_with_one_mask_is_the_stock_layer() -> None:
+    from mmfurnace.models.fusion.cross_attention import fusion_token_block
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, 0.0, activation="gelu", batch_first=True,
+                                             norm_first=True)
+    x = torch.randn(4, 7, 16)
+    mask = torch.zeros(4, 7).masked_fill(torch.rand(4, 7) > 0.7, float("-inf"))
+    mask[:, 0] = 0.0
+    torch.testing.assert_close(fusion_token_block(layer, x, mask.unsqueeze(0)),
+                               layer(x, src_key_padding_mask=mask)[:, :1], rtol=1e-5, atol=1e-6)
+
+
 def test_cross_attention_gives_each_modality_an_equal_share_at_equal_scores() -> None:
-    # 16 image tokens beside 2 audio tokens: with zero queries every score is equal, and each
-    # modality's tokens together get the same attention as the fusion token gets alone
+    # 16 image tokens beside 2 audio tokens: the fusion token attends to each modality on its
+    # own, and with equal scores the modality's tokens together get what the fusion token gets
     from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
 
     fusion = CrossAttentionFusion(dims={"audio": 4, "image": 4}, hidden_dim=8, heads=2).eval()
-    seen = {}
+    masks = []
     attn = fusion.blocks[0].self_attn
-    attn.register_forward_hook(lambda _m, args, kwargs, _o: seen.update(kwargs), with_kwargs=True)
+    attn.register_forward_hook(lambda _m, _a, kwargs, _o: masks.append(kwargs["key_padding_mask"]),
+                               with_kwargs=True)
     feats = {"audio": EncoderOutput(torch.randn(3, 2, 4), torch.zeros(3, 4), None),
              "image": EncoderOutput(torch.randn(3, 16, 4), torch.zeros(3, 4), None)}
     fusion(feats, {"audio": torch.ones(3, dtype=torch.bool), "image": torch.ones(3, dtype=torch.bool)})
-    weights = torch.softmax(seen["key_padding_mask"], dim=1)  # the scores' prior
-    shares = [weights[:, :1].sum(1), weights[:, 1:3].sum(1), weights[:, 3:].sum(1)]
-    for share in shares:
-        torch.testing.assert_close(share, torch.full((3,), 1 / 3))
+    assert len(masks) == 2  # one attention per modality
+    for mask, (lo, hi) in zip(masks, [(1, 3), (3, 19)], strict=True):
+        weights = torch.softmax(mask, dim=1)  # the scores' prior
+        torch.testing.assert_close(weights[:, 0], torch.full((3,), 0.5))
+        torch.testing.assert_close(weights[:, lo:hi].sum(1), torch.full((3,), 0.5))
 
 
-def test_cross_attention_checkpoint_from_before_token_balance_loads_as_it_was_trained() -> None:
+def test_cross_attention_checkpoint_from_before_modality_balance_loads_as_it_was_trained() -> None:
     from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
 
     torch.manual_seed(0)
     fusion = CrossAttentionFusion(dims={"audio": 4, "image": 4}, hidden_dim=8, heads=2).eval()
-    old = {k: v for k, v in fusion.state_dict().items() if k != "token_balance"}
+    old = {k: v for k, v in fusion.state_dict().items() if k != "modality_balance"}
     fusion.load_state_dict(old)
-    assert float(fusion.token_balance) == 0.0
+    assert float(fusion.modality_balance) == 0.0
+    assert not fusion.balanced
     feats = {"audio": EncoderOutput(torch.randn(3, 2, 4), torch.zeros(3, 4), None),
              "image": EncoderOutput(torch.randn(3, 16, 4), torch.zeros(3, 4), None)}
     present = {"audio": torch.tensor([True, False, True]), "image": torch.ones(3, dtype=torch.bool)}
