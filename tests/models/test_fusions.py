@@ -307,3 +307,19 @@ def test_low_rank_tensor_factors_start_near_one_so_each_modality_learns_alone() 
         fusion(feats, present).fused.pow(2).sum().backward()
         grads.append(fusion.factors["image"].grad[:, 1:].norm())
     assert 0.5 < float(grads[0] / grads[1]) < 2.0
+
+
+def test_cross_attention_pickled_before_modality_balance_still_runs() -> None:
+    # an eager export pickles the module: one from before has neither the flag nor the buffer
+    from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
+
+    torch.manual_seed(0)
+    fusion = CrossAttentionFusion(dims={"audio": 4, "image": 4}, hidden_dim=8, heads=2).eval()
+    feats = {"audio": EncoderOutput(torch.randn(3, 2, 4), torch.zeros(3, 4), None),
+             "image": EncoderOutput(torch.randn(3, 16, 4), torch.zeros(3, 4), None)}
+    present = {"audio": torch.ones(3, dtype=torch.bool), "image": torch.ones(3, dtype=torch.bool)}
+    fusion.load_state_dict({k: v for k, v in fusion.state_dict().items() if k != "modality_balance"})
+    want = fusion(feats, present).fused
+    del fusion.balanced
+    del fusion._buffers["modality_balance"]
+    torch.testing.assert_close(fusion(feats, present).fused, want)

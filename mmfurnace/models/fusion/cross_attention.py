@@ -87,6 +87,9 @@ class CrossAttentionFusion(nn.Module):
         if not features:
             raise InputError(f"fusion got no modality features; expected some of {self.modalities}")
         batch = next(iter(features.values())).sequence.shape[0]
+        # a module pickled before modality balance (an eager export) has neither attribute
+        balanced = getattr(self, "balanced", False)
+        scale = self.modality_balance if balanced else 0.0
         tokens = [self.cls.expand(batch, -1, -1)]
         # additive key mask: 0 for the fusion token, -log(n) for a modality's n real tokens,
         # -inf for padding and absent rows (what a boolean padding mask becomes inside attention)
@@ -106,13 +109,13 @@ class CrossAttentionFusion(nn.Module):
                 self.proj[m](seq.masked_fill(~real.unsqueeze(-1), 0.0)) + self.type_embed[i]
             )
             count = real.sum(1, keepdim=True).clamp(min=1).to(self.cls.dtype)
-            share = (-torch.log(count) * self.modality_balance).expand(real.shape)
+            share = (-torch.log(count) * scale).expand(real.shape)
             key_bias.append(share.masked_fill(~real, float("-inf")))
         x, key_mask = torch.cat(tokens, dim=1), torch.cat(key_bias, dim=1)
         *inner, last = self.blocks
         for block in inner:
             x = run_block(block, x, None, key_mask, checkpointing=self.grad_checkpointing)
-        if self.balanced:
+        if balanced:
             masks = torch.stack(per_modality_masks(key_bias))
             # the mean over the modalities each row has: one left out of ``features`` and one
             # absent in every row give the same output
