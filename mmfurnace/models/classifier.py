@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from mmfurnace.data.batch import Batch
 from mmfurnace.errors import ConfigError, InputError
 from mmfurnace.models.freeze import restore_eval
-from mmfurnace.models.layers import zero_absent
+from mmfurnace.models.layers import Standardize, zero_absent
 from mmfurnace.models.outputs import EncoderOutput, FusionOutput
 
 
@@ -48,7 +48,7 @@ class MultimodalClassifier(nn.Module):
         modalities: Sequence[str],
         multilabel: bool = False,
         proj_dim: int = 32,
-        feature_norm: bool = False,
+        feature_norm: str | bool = "none",
     ) -> None:
         super().__init__()
         self.modalities = sorted(modalities)
@@ -70,11 +70,16 @@ class MultimodalClassifier(nn.Module):
         self.multilabel = multilabel
         # Pretrained encoders' outputs differ in scale by 50x and more (speech_embedding's
         # average |x| is ~12, EfficientNet's and MiniLM's ~0.2): the fusion would then weigh
-        # the loudest modality most. A LayerNorm per modality puts them on one scale; it sits
-        # after the encoder, so a frozen encoder's cached features still apply.
+        # the loudest modality most. A LayerNorm per modality, or per-feature standardisation
+        # with train statistics (as the logistic-regression probe does), puts them on one
+        # scale; it sits after the encoder, so a frozen encoder's cached features still apply.
+        kind = {True: "layernorm", False: "none"}.get(feature_norm, feature_norm)  # type: ignore[call-overload]
+        norms = {"layernorm": nn.LayerNorm, "standardize": Standardize}
+        if kind != "none" and kind not in norms:
+            raise ConfigError(f"feature_norm {feature_norm!r}: use none, layernorm or standardize")
         self.feature_norms = (
-            nn.ModuleDict({m: nn.LayerNorm(int(encoders[m].out_dim)) for m in self.modalities})
-            if feature_norm else None
+            nn.ModuleDict({m: norms[kind](int(encoders[m].out_dim)) for m in self.modalities})
+            if kind != "none" else None
         )
 
     def train(self, mode: bool = True) -> MultimodalClassifier:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,6 +19,8 @@ from mmfurnace.typed_config import StrictModel
 # fixed-size spectrogram image (AV-MNIST's 112x112): see encoders/auto.py.
 DEFAULT_ENCODERS: dict[str, str] = {"audio": "auto", "image": "lenet", "text": "transformer"}
 
+
+FeatureNorm = Literal["none", "layernorm", "standardize"]
 
 _NOT_FOR_BUILDERS = ("name", "freeze", "unfreeze_top")
 
@@ -120,10 +122,20 @@ class ModelConfig(StrictModel):
     )  # tensor fusion: each modality is projected to this before the outer product
     proj_dim: int = Field(32, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    feature_norm: bool = Field(
-        False, description="a LayerNorm on each modality's encoder output before the fusion "
-        "(pretrained encoders' outputs differ in scale; frozen ones stay cached)"
+    feature_norm: FeatureNorm = Field(
+        "none", description="each modality's encoder output before the fusion: 'layernorm' "
+        "(a LayerNorm per modality), 'standardize' (minus the train split's mean, over its "
+        "std, per feature; fitted once before training and saved with the model) or 'none'. "
+        "Pretrained encoders' outputs differ in scale; frozen ones stay cached either way"
     )
+
+    @field_validator("feature_norm", mode="before")
+    @classmethod
+    def _feature_norm_was_a_switch(cls, value: Any) -> Any:
+        # configs and checkpoints from before 'standardize' hold true/false
+        if isinstance(value, bool):
+            return "layernorm" if value else "none"
+        return value
 
     @field_validator("fusion")
     @classmethod

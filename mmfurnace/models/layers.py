@@ -45,6 +45,33 @@ class ChannelNorm(nn.LayerNorm):
         return x.permute(0, last, *range(1, last))
 
 
+class Standardize(nn.Module):
+    """(x - mean) / std per feature, over the last axis, with ``mean`` and ``std`` buffers: the
+    train split's statistics of an encoder's pooled output, set once by
+    :func:`mmfurnace.train.feature_stats.fit_standardizers` and saved with the model, so
+    evaluation, export and serving apply the same scaling. Affine, so standardising the token
+    sequence and then pooling it gives the standardised pooled vector. Until fitted: identity."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_statistics(self, mean: Tensor, std: Tensor) -> None:
+        if mean.shape != self.mean.shape or std.shape != self.std.shape:
+            raise InputError(
+                f"standardize: statistics of shape {tuple(mean.shape)} / {tuple(std.shape)} "
+                f"for a {self.mean.shape[0]}-d feature"
+            )
+        if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise InputError("standardize: statistics must be finite with std > 0")
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
 class NamedSequential(nn.Sequential):
     """nn.Sequential whose layers have names (``mlp.fc1``, ``mlp.fc2``), so code that edits a
     layer (pruning) names its role instead of counting indices. State dicts saved when the

@@ -55,6 +55,7 @@ from mmfurnace.train.distributed import (
     wrap_model,
 )
 from mmfurnace.train.evaluate import evaluate
+from mmfurnace.train.feature_stats import fit_standardizers
 from mmfurnace.train.logging import ProgressBar, RunLogger
 from mmfurnace.train.losses import LossParts
 from mmfurnace.train.precision import check_precision
@@ -145,6 +146,8 @@ def _train(
     pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda"
     model, features = setup_model(cfg, info, modalities, splits, env, device, progress=progress)
     splits, net = features.datasets(splits), features.view(model)  # ``net`` trains, ``model`` is saved
+    # before a resume, which restores the saved statistics
+    scales = fit_standardizers(net, splits["train"], cfg, modalities, device)
 
     sampler = DistributedSampler(
         splits["train"], num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=tc.seed
@@ -164,7 +167,7 @@ def _train(
     if env.is_main and not resume:
         logger.log("start", epoch=0, step=0, params=count_params(model), device=str(device),
                    world_size=env.world_size, steps_per_epoch=steps_per_epoch,
-                   feature_cache=features.stats)
+                   feature_cache=features.stats, feature_scales=scales)
 
     first_epoch = tc.epochs if state.stopped_early else state.epoch
     bar = ProgressBar(enabled=progress and env.is_main, epochs=tc.epochs,

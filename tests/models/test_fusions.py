@@ -181,8 +181,9 @@ def test_late_fusion_produces_logits_and_weight_count() -> None:
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: int) -> None:
-    # The last block runs for the fusion token only; it must give what the stock layer gives
-    # for that token (values and gradients), with padding and absent rows in the batch.
+    # The last block runs for the fusion token only, its attention the mean of one attention
+    # per modality; it must give what stock layers give for that token (values and gradients),
+    # with padding and absent rows in the batch.
     from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
 
     torch.manual_seed(0)
@@ -192,19 +193,33 @@ def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: i
     features, present = make_features(modalities), presence(5, modalities)
 
     def full_layers(feats: dict[str, EncoderOutput]) -> torch.Tensor:
-        # the same inputs as forward builds, through every block in full
+        # the same inputs as forward builds, through stock layers
         batch = next(iter(feats.values())).sequence.shape[0]
-        tokens, ignore = [fusion.cls.expand(batch, -1, -1)], [torch.zeros(batch, 1, dtype=torch.bool)]
+        tokens, bias = [fusion.cls.expand(batch, -1, -1)], [torch.zeros(batch, 1)]
         for i, m in enumerate(fusion.modalities):
             seq, pad = feats[m].sequence, feats[m].valid
             real = (torch.ones(seq.shape[:2], dtype=torch.bool) if pad is None else pad)
             real = real & present[m].unsqueeze(1)
             tokens.append(fusion.proj[m](seq.masked_fill(~real.unsqueeze(-1), 0.0)) + fusion.type_embed[i])
-            ignore.append(~real)
-        x, key_ignore = torch.cat(tokens, 1), torch.cat(ignore, 1)
-        for block in fusion.blocks:
-            x = block(x, src_key_padding_mask=key_ignore)
-        return fusion.norm(x[:, 0])
+            n = real.sum(1, keepdim=True).clamp(min=1).float()  # -log(n) each
+            bias.append(torch.where(real, -torch.log(n), float("-inf")))
+        x, key_mask = torch.cat(tokens, 1), torch.cat(bias, 1)
+        *inner, last = fusion.blocks
+        for block in inner:
+            x = block(x, src_key_padding_mask=key_mask)
+        # last block: a stock attention per modality (others' keys hidden), averaged
+        h = last.norm1(x)
+        starts = torch.cumsum(torch.tensor([1] + [b.shape[1] for b in bias[1:]]), 0).tolist()
+        attended, has = [], []
+        for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+            mask = torch.full_like(key_mask, float("-inf"))
+            mask[:, :1], mask[:, lo:hi] = key_mask[:, :1], key_mask[:, lo:hi]
+            attended.append(last.self_attn(h, h, h, key_padding_mask=mask)[0][:, :1])
+            has.append((key_mask[:, lo:hi] > float("-inf")).any(1).float().view(-1, 1, 1))
+        # the mean over the modalities the row has (none: the fusion token goes on alone)
+        out = x[:, :1] + sum(a * w for a, w in zip(attended, has, strict=True)) / sum(has).clamp(min=1)
+        out = out + last.linear2(last.activation(last.linear1(last.norm2(out))))
+        return fusion.norm(out[:, 0])
 
     fast = fusion(features, present).fused
     reference = full_layers(features)
@@ -215,3 +230,96 @@ def test_cross_attention_last_block_for_fusion_token_equals_full_layer(layers: i
     ref_grads = torch.autograd.grad((reference * weights).sum(), list(fusion.parameters()))
     for got, want in zip(fast_grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fusion_token_block_with_one_mask_is_the_stock_layer() -> None:
+    from mmfurnace.models.fusion.cross_attention import fusion_token_block
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, 0.0, activation="gelu", batch_first=True,
+                                             norm_first=True)
+    x = torch.randn(4, 7, 16)
+    mask = torch.zeros(4, 7).masked_fill(torch.rand(4, 7) > 0.7, float("-inf"))
+    mask[:, 0] = 0.0
+    torch.testing.assert_close(fusion_token_block(layer, x, mask.unsqueeze(0)),
+                               layer(x, src_key_padding_mask=mask)[:, :1], rtol=1e-5, atol=1e-6)
+
+
+def test_cross_attention_gives_each_modality_an_equal_share_at_equal_scores() -> None:
+    # 16 image tokens beside 2 audio tokens: the fusion token attends to each modality on its
+    # own, and with equal scores the modality's tokens together get what the fusion token gets
+    from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
+
+    fusion = CrossAttentionFusion(dims={"audio": 4, "image": 4}, hidden_dim=8, heads=2).eval()
+    masks = []
+    attn = fusion.blocks[0].self_attn
+    attn.register_forward_hook(lambda _m, _a, kwargs, _o: masks.append(kwargs["key_padding_mask"]),
+                               with_kwargs=True)
+    feats = {"audio": EncoderOutput(torch.randn(3, 2, 4), torch.zeros(3, 4), None),
+             "image": EncoderOutput(torch.randn(3, 16, 4), torch.zeros(3, 4), None)}
+    fusion(feats, {"audio": torch.ones(3, dtype=torch.bool), "image": torch.ones(3, dtype=torch.bool)})
+    assert len(masks) == 2  # one attention per modality
+    for mask, (lo, hi) in zip(masks, [(1, 3), (3, 19)], strict=True):
+        weights = torch.softmax(mask, dim=1)  # the scores' prior
+        torch.testing.assert_close(weights[:, 0], torch.full((3,), 0.5))
+        torch.testing.assert_close(weights[:, lo:hi].sum(1), torch.full((3,), 0.5))
+
+
+def test_cross_attention_checkpoint_from_before_modality_balance_loads_as_it_was_trained() -> None:
+    from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
+
+    torch.manual_seed(0)
+    fusion = CrossAttentionFusion(dims={"audio": 4, "image": 4}, hidden_dim=8, heads=2).eval()
+    old = {k: v for k, v in fusion.state_dict().items() if k != "modality_balance"}
+    fusion.load_state_dict(old)
+    assert float(fusion.modality_balance) == 0.0
+    assert not fusion.balanced
+    feats = {"audio": EncoderOutput(torch.randn(3, 2, 4), torch.zeros(3, 4), None),
+             "image": EncoderOutput(torch.randn(3, 16, 4), torch.zeros(3, 4), None)}
+    present = {"audio": torch.tensor([True, False, True]), "image": torch.ones(3, dtype=torch.bool)}
+    got = fusion(feats, present).fused
+    block = fusion.blocks[0]  # the attention those models had: a plain padding mask
+    tokens = torch.cat([fusion.cls.expand(3, -1, -1)]
+                       + [fusion.proj[m](feats[m].sequence * present[m][:, None, None]) + fusion.type_embed[i]
+                          for i, m in enumerate(fusion.modalities)], 1)
+    ignore = torch.cat([torch.zeros(3, 1, dtype=torch.bool), ~present["audio"][:, None].expand(3, 2),
+                        torch.zeros(3, 16, dtype=torch.bool)], 1)
+    want = fusion.norm(block(tokens, src_key_padding_mask=ignore)[:, 0])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_low_rank_tensor_factors_start_near_one_so_each_modality_learns_alone() -> None:
+    # the constant row starts at 1: with the other modality absent (its factor = that row),
+    # a modality's weights still get a gradient of their own size, not one scaled down by a
+    # near-zero factor of the other
+    from mmfurnace.models.fusion.low_rank_tensor import LowRankTensorFusion
+
+    torch.manual_seed(0)
+    fusion = LowRankTensorFusion(dims={m: FEATURE_DIMS[m] for m in ("audio", "image")}, hidden_dim=16, rank=4)
+    for m in fusion.modalities:
+        torch.testing.assert_close(fusion.factors[m][:, 0], torch.ones(4, 16))
+    feats = make_features(("audio", "image"))
+    only_image = {"audio": torch.zeros(5, dtype=torch.bool), "image": torch.ones(5, dtype=torch.bool)}
+    both = {m: torch.ones(5, dtype=torch.bool) for m in ("audio", "image")}
+    grads = []
+    for present in (only_image, both):
+        fusion.zero_grad()
+        fusion(feats, present).fused.pow(2).sum().backward()
+        grads.append(fusion.factors["image"].grad[:, 1:].norm())
+    assert 0.5 < float(grads[0] / grads[1]) < 2.0
+
+
+def test_cross_attention_pickled_before_modality_balance_still_runs() -> None:
+    # an eager export pickles the module: one from before has neither the flag nor the buffer
+    from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
+
+    torch.manual_seed(0)
+    fusion = CrossAttentionFusion(dims={"audio": 4, "image": 4}, hidden_dim=8, heads=2).eval()
+    feats = {"audio": EncoderOutput(torch.randn(3, 2, 4), torch.zeros(3, 4), None),
+             "image": EncoderOutput(torch.randn(3, 16, 4), torch.zeros(3, 4), None)}
+    present = {"audio": torch.ones(3, dtype=torch.bool), "image": torch.ones(3, dtype=torch.bool)}
+    fusion.load_state_dict({k: v for k, v in fusion.state_dict().items() if k != "modality_balance"})
+    want = fusion(feats, present).fused
+    del fusion.balanced
+    del fusion._buffers["modality_balance"]
+    torch.testing.assert_close(fusion(feats, present).fused, want)

@@ -22,7 +22,21 @@ class CrossAttentionFusion(nn.Module):
     self-attention runs across all of them. The key padding mask hides padded tokens and every
     token of an absent modality (whose values are also zeroed), so attention weights on them
     are exactly 0. The fusion token is never masked, so a row with nothing present stays finite.
-    A modality missing from ``features`` simply contributes no tokens."""
+    A modality missing from ``features`` simply contributes no tokens.
+
+    Modality balance, so that no modality can starve another of attention (AV-MNIST, README:
+    a 4x4 image map beside 2 audio frames; with one softmax over all tokens the model ignored
+    the audio after one epoch, audio alone at chance, and with the scores merely rebalanced it
+    ignored the image instead: a softmax across modalities lets the first to win take all).
+    So the fusion token's block attends to each modality separately -- the fusion token and
+    that modality's tokens, one softmax each -- and averages the results over the modalities
+    the row has: every present
+    modality always holds its share of the fusion token's update and of the gradient. Within
+    a modality each real token's score gets -log(n), n its real tokens in the row, so the
+    fusion token and the modality start with half each however many tokens the encoder emits.
+    Earlier blocks (``layers`` > 1) attend across all tokens with the same -log(n) scores.
+    ``modality_balance`` is a buffer, 1; checkpoints saved before it existed load with 0:
+    one softmax over all tokens, which is the attention they were trained with."""
 
     def __init__(
         self,
@@ -53,6 +67,15 @@ class CrossAttentionFusion(nn.Module):
         self.norm = nn.LayerNorm(hidden_dim)
         self.out_dim = hidden_dim
         self.grad_checkpointing = False
+        self.register_buffer("modality_balance", torch.ones(()))
+        self.balanced = True
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        key = prefix + "modality_balance"
+        if key not in state_dict:  # saved before modality balance: trained without it
+            state_dict[key] = torch.zeros(())
+        self.balanced = bool(state_dict[key] != 0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
@@ -64,8 +87,13 @@ class CrossAttentionFusion(nn.Module):
         if not features:
             raise InputError(f"fusion got no modality features; expected some of {self.modalities}")
         batch = next(iter(features.values())).sequence.shape[0]
+        # a module pickled before modality balance (an eager export) has neither attribute
+        balanced = getattr(self, "balanced", False)
+        scale = self.modality_balance if balanced else 0.0
         tokens = [self.cls.expand(batch, -1, -1)]
-        ignore = [torch.zeros(batch, 1, dtype=torch.bool, device=self.cls.device)]
+        # additive key mask: 0 for the fusion token, -log(n) for a modality's n real tokens,
+        # -inf for padding and absent rows (what a boolean padding mask becomes inside attention)
+        key_bias = [self.cls.new_zeros(batch, 1)]
         for i, m in enumerate(self.modalities):
             if m not in features:
                 continue
@@ -80,26 +108,57 @@ class CrossAttentionFusion(nn.Module):
             tokens.append(
                 self.proj[m](seq.masked_fill(~real.unsqueeze(-1), 0.0)) + self.type_embed[i]
             )
-            ignore.append(~real)
-        x, key_ignore = torch.cat(tokens, dim=1), torch.cat(ignore, dim=1)
+            count = real.sum(1, keepdim=True).clamp(min=1).to(self.cls.dtype)
+            share = (-torch.log(count) * scale).expand(real.shape)
+            key_bias.append(share.masked_fill(~real, float("-inf")))
+        x, key_mask = torch.cat(tokens, dim=1), torch.cat(key_bias, dim=1)
         *inner, last = self.blocks
         for block in inner:
-            x = run_block(block, x, None, key_ignore, checkpointing=self.grad_checkpointing)
-        x = run_block(functools.partial(fusion_token_block, last), x, key_ignore,
+            x = run_block(block, x, None, key_mask, checkpointing=self.grad_checkpointing)
+        if balanced:
+            masks = torch.stack(per_modality_masks(key_bias))
+            # the mean over the modalities each row has: one left out of ``features`` and one
+            # absent in every row give the same output
+            has = torch.stack([(b > float("-inf")).any(1) for b in key_bias[1:]]).to(x.dtype)
+            weights = has / has.sum(0).clamp(min=1)
+        else:
+            masks, weights = key_mask.unsqueeze(0), x.new_ones(1, batch)
+        x = run_block(functools.partial(fusion_token_block, last), x, masks, weights,
                       checkpointing=self.grad_checkpointing)
         return FusionOutput(self.norm(x[:, 0]), None, None)
 
 
-def fusion_token_block(block: nn.TransformerEncoderLayer, x: Tensor, key_ignore: Tensor) -> Tensor:
-    """``block(x, src_key_padding_mask=key_ignore)[:, :1]`` (a pre-norm layer), computed for the
-    fusion token alone: (batch, tokens, dim) -> (batch, 1, dim).
+def per_modality_masks(key_bias: list[Tensor]) -> list[Tensor]:
+    """One additive key mask per modality from [fusion token's, modality 1's, ...]: the fusion
+    token and that modality's tokens keep their scores, every other token gets -inf."""
+    masks = []
+    for g in range(1, len(key_bias)):
+        parts = [b if k in (0, g) else torch.full_like(b, float("-inf")) for k, b in enumerate(key_bias)]
+        masks.append(torch.cat(parts, dim=1))
+    return masks
+
+
+def fusion_token_block(
+    block: nn.TransformerEncoderLayer, x: Tensor, key_masks: Tensor, weights: Tensor | None = None
+) -> Tensor:
+    """The pre-norm layer ``block`` computed for the fusion token alone, its attention the
+    ``weights`` (masks, batch)-weighted sum of one attention per additive key mask in
+    ``key_masks`` (masks, batch, tokens): (batch, tokens, dim) -> (batch, 1, dim). With one
+    mask and weight 1 this is ``block(x, src_key_padding_mask=key_masks[0])[:, :1]``.
 
     Only the fusion token leaves the last block, so the other tokens' queries, attention rows
     and feed-forward are dead work there: attention drops from tokens x tokens scores to
     1 x tokens and the feed-forward to one token per row, with the same numbers. This was a
     third of the demo model's inference time, and float work INT8 and pruning cannot shrink."""
     h = block.norm1(x)
-    attended = block.self_attn(h[:, :1], h, h, key_padding_mask=key_ignore, need_weights=False)[0]
+    query = h[:, :1]
+    attended = None
+    for g in range(key_masks.shape[0]):
+        a = block.self_attn(query, h, h, key_padding_mask=key_masks[g], need_weights=False)[0]
+        if weights is not None:
+            a = a * weights[g].view(-1, 1, 1)
+        attended = a if attended is None else attended + a
+    assert attended is not None
     out = x[:, :1] + block.dropout1(attended)
     z = block.linear2(block.dropout(block.activation(block.linear1(block.norm2(out)))))
     return out + block.dropout2(z)

@@ -25,14 +25,24 @@ class LowRankTensorFusion(nn.Module):
         self.modalities = sorted(dims)
         self.dims = dict(dims)
         self.factors = nn.ParameterDict(
-            {
-                m: nn.Parameter(nn.init.xavier_normal_(torch.empty(rank, dims[m] + 1, hidden_dim)))
-                for m in self.modalities
-            }
+            {m: nn.Parameter(self._init_factor(rank, dims[m], hidden_dim)) for m in self.modalities}
         )
         self.rank_weights = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, rank)))
         self.bias = nn.Parameter(torch.zeros(hidden_dim))
         self.out_dim = hidden_dim
+
+    @staticmethod
+    def _init_factor(rank: int, dim: int, hidden_dim: int) -> Tensor:
+        # Row 0 (what multiplies the constant 1) starts at 1, so each factor starts near 1 and
+        # the product near 1 + sum_m z_m W_m: every modality's weights get a gradient of their
+        # own size from the first step. With Xavier there too (MultiBench's init) every factor
+        # starts near 0 and a modality's gradient is scaled by the others' small factors; the
+        # first to grow takes over, and on AV-MNIST the image never did (image alone at chance
+        # after one epoch; README, AV-MNIST).
+        factor = nn.init.xavier_normal_(torch.empty(rank, dim + 1, hidden_dim))
+        with torch.no_grad():
+            factor[:, 0] = 1.0
+        return factor
 
     def forward(
         self, features: dict[str, EncoderOutput], present: dict[str, Tensor]
