@@ -245,24 +245,44 @@ def test_fusion_token_block_with_one_mask_is_the_stock_layer() -> None:
                                layer(x, src_key_padding_mask=mask)[:, :1], rtol=1e-5, atol=1e-6)
 
 
-def test_cross_attention_gives_each_modality_an_equal_share_at_equal_scores() -> None:
+def test_cross_attention_gives_each_modality_an_equal_share_at_equal_scores(monkeypatch) -> None:
     # 16 image tokens beside 2 audio tokens: the fusion token attends to each modality on its
     # own, and with equal scores the modality's tokens together get what the fusion token gets
+    from mmfurnace.models.fusion import cross_attention
     from mmfurnace.models.fusion.cross_attention import CrossAttentionFusion
 
     fusion = CrossAttentionFusion(dims={"audio": 4, "image": 4}, hidden_dim=8, heads=2).eval()
-    masks = []
-    attn = fusion.blocks[0].self_attn
-    attn.register_forward_hook(lambda _m, _a, kwargs, _o: masks.append(kwargs["key_padding_mask"]),
-                               with_kwargs=True)
+    calls = []
+    attend = cross_attention.attend_per_mask
+
+    def record(attn, query, h, key_masks):
+        calls.append(key_masks)
+        return attend(attn, query, h, key_masks)
+
+    monkeypatch.setattr(cross_attention, "attend_per_mask", record)
     feats = {"audio": EncoderOutput(torch.randn(3, 2, 4), torch.zeros(3, 4), None),
              "image": EncoderOutput(torch.randn(3, 16, 4), torch.zeros(3, 4), None)}
     fusion(feats, {"audio": torch.ones(3, dtype=torch.bool), "image": torch.ones(3, dtype=torch.bool)})
-    assert len(masks) == 2  # one attention per modality
-    for mask, (lo, hi) in zip(masks, [(1, 3), (3, 19)], strict=True):
+    assert len(calls) == 1  # one call ...
+    assert calls[0].shape == (2, 3, 19)  # ... with one key mask per modality
+    for mask, (lo, hi) in zip(calls[0], [(1, 3), (3, 19)], strict=True):
         weights = torch.softmax(mask, dim=1)  # the scores' prior
         torch.testing.assert_close(weights[:, 0], torch.full((3,), 0.5))
         torch.testing.assert_close(weights[:, lo:hi].sum(1), torch.full((3,), 0.5))
+
+
+def test_attention_per_mask_is_one_stock_attention_per_mask() -> None:
+    from mmfurnace.models.fusion.cross_attention import attend_per_mask
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    h = torch.randn(3, 9, 16)
+    masks = torch.zeros(2, 3, 9).masked_fill(torch.rand(2, 3, 9) > 0.6, float("-inf"))
+    masks[:, :, 0] = 0.0
+    got = attend_per_mask(attn, h[:, :1], h, masks)
+    for g in range(2):
+        want = attn(h[:, :1], h, h, key_padding_mask=masks[g], need_weights=False)[0]
+        torch.testing.assert_close(got[:, g : g + 1], want, rtol=1e-5, atol=1e-6)
 
 
 def test_cross_attention_checkpoint_from_before_modality_balance_loads_as_it_was_trained() -> None:

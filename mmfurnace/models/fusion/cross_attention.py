@@ -151,14 +151,11 @@ def fusion_token_block(
     1 x tokens and the feed-forward to one token per row, with the same numbers. This was a
     third of the demo model's inference time, and float work INT8 and pruning cannot shrink."""
     h = block.norm1(x)
-    query = h[:, :1]
-    attended = None
-    for g in range(key_masks.shape[0]):
-        a = block.self_attn(query, h, h, key_padding_mask=key_masks[g], need_weights=False)[0]
-        if weights is not None:
-            a = a * weights[g].view(-1, 1, 1)
-        attended = a if attended is None else attended + a
-    assert attended is not None
+    attended = attend_per_mask(block.self_attn, h[:, :1], h, key_masks)  # (batch, masks, dim)
+    if weights is None:
+        attended = attended.sum(1, keepdim=True)
+    else:
+        attended = (attended * weights.t().unsqueeze(-1)).sum(1, keepdim=True)
     out = x[:, :1] + block.dropout1(attended)
     z = block.linear2(block.dropout(block.activation(block.linear1(block.norm2(out)))))
     return out + block.dropout2(z)
@@ -199,3 +196,27 @@ def _prune(f: CrossAttentionFusion, pr: Chooser) -> Tensor:
     slice_norm_(f.norm, stream)
     f.out_dim = len(stream)
     return stream
+
+
+def attend_per_mask(attn: nn.MultiheadAttention, query: Tensor, h: Tensor, key_masks: Tensor) -> Tensor:
+    """``attn``'s attention of one query (batch, 1, dim) over ``h`` (batch, tokens, dim), once per
+    additive key mask in ``key_masks`` (masks, batch, tokens): (batch, masks, dim).
+
+    The keys and values are projected once for every mask. Calling ``attn`` once per mask
+    projected them once per modality, and each projection's weights then fed several MatMuls,
+    which ONNX Runtime's INT8 precision mode (for CPUs without VNNI) fails to load; passing the
+    masks as ``attn_mask`` instead bakes the traced batch size into the exported graph."""
+    assert attn.in_proj_weight is not None, "needs the packed in-projection (kdim = vdim = embed_dim)"
+    assert attn.batch_first, "needs batch_first"
+    heads, dim = attn.num_heads, attn.embed_dim
+    head_dim = dim // heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+    q = nn.functional.linear(query, w_q, b_q).reshape(query.shape[0], 1, heads, head_dim).transpose(1, 2)
+    k = nn.functional.linear(h, w_k, b_k).reshape(h.shape[0], -1, heads, head_dim).transpose(1, 2)
+    v = nn.functional.linear(h, w_v, b_v).reshape(h.shape[0], -1, heads, head_dim).transpose(1, 2)
+    scores = (q @ k.transpose(-1, -2)) * head_dim**-0.5  # (batch, heads, 1, tokens)
+    scores = scores + key_masks.transpose(0, 1).unsqueeze(1)  # (batch, heads, masks, tokens)
+    probs = nn.functional.dropout(torch.softmax(scores, dim=-1), attn.dropout, training=attn.training)
+    out = (probs @ v).transpose(1, 2).reshape(h.shape[0], -1, dim)  # (batch, masks, dim)
+    return attn.out_proj(out)
