@@ -188,16 +188,25 @@ def step_compression(base: RunConfig, s: DemoSettings, console: Console) -> Path
     """Each of the preset's compression methods on the deployed model (digits-av: INT8 dynamic,
     INT8 static, 50% channel pruning + fine-tune, distillation; pretrained: the INT8 ones), every
     variant measured beside its parent in report/compression.md."""
-    from mmfurnace.compress.api import compress
+    from mmfurnace.compress.api import compress, compress_together
 
     report_dir = s.report / "compression"
-    for method, options in s.compression:
-        if s.quick:
-            options = {**options, "finetune_epochs": 1, "max_steps": 2} if method in (
-                "prune-channel", "distill") else options
-        console.print(f"compress: {method} {options or ''}")
-        result = compress(best_checkpoint(s), method, out_dir=s.report / "compressed" / method,
-                          report_dir=report_dir, threads=1, rounds=s.compression_rounds, **options)
+    if s.pretrained:  # one export and one measurement of the parents for every method
+        console.print("compress: " + ", ".join(f"{m} {o or ''}" for m, o in s.compression))
+        results = compress_together(best_checkpoint(s), s.compression, out_dir=s.report / "compressed",
+                                    report_dir=report_dir, threads=1, rounds=s.compression_rounds,
+                                    latency_samples=8, openvino=s.compression_openvino)
+    else:
+        results = []
+        for method, options in s.compression:
+            if s.quick:
+                options = {**options, "finetune_epochs": 1, "max_steps": 2} if method in (
+                    "prune-channel", "distill") else options
+            console.print(f"compress: {method} {options or ''}")
+            results.append(compress(best_checkpoint(s), method, out_dir=s.report / "compressed" / method,
+                                    report_dir=report_dir, threads=1, rounds=s.compression_rounds,
+                                    **options))
+    for result in results:
         for row in result.rows:  # the accuracy gate's verdict (the report's "gate" column)
             if row.get("gate"):
                 colour = "red" if row["gate"] == "FAILED" else "green"
@@ -221,9 +230,9 @@ def step_engines(base: RunConfig, s: DemoSettings, console: Console) -> Path:
     from mmfurnace.export import assert_parity, export_checkpoint, load_spec
 
     out = export_checkpoint(best_checkpoint(s), export_dir(s))
-    batch = first_batch(base.data, "valid", 64, load_spec(out).modalities)
-    assert_parity(out, batch)
-    console.print("parity: every available backend matches eager")
+    batch = first_batch(base.data, "valid", s.parity_rows, load_spec(out).modalities)
+    assert_parity(out, batch, runtimes=s.engine_runtimes)
+    console.print(f"parity: every available runtime matches eager on {s.parity_rows} real rows")
     folder = s.report / "engines"
     result = run_engine_bench(out, batch_sizes=s.engine_batches, iters=s.engine_iters, threads=1,
                               backends=s.engine_runtimes, lengths=default_lengths(base.data),
@@ -231,9 +240,10 @@ def step_engines(base: RunConfig, s: DemoSettings, console: Console) -> Path:
     isa = cpu_isa().describe()
     ratio_batch = 32 if 32 in s.engine_batches else max(s.engine_batches)
     best = best_cpu_vs_eager(result, ratio_batch)
-    console.print(f"CPU ISA: {isa}; best CPU runtime vs eager FP32 at batch {ratio_batch}: {best}")
-    lines = ["# Inference engines", "", f"Export: `{out}` ({s.deploy} fusion). Parity: passed on a "
-             "real validation batch.", "", f"CPU ISA: {isa}.", "", "```",
+    console.print(f"CPU ISA: {isa}; best CPU runtime vs eager FP32 at batch {ratio_batch}: {best}",
+                  markup=False)
+    lines = ["# Inference engines", "", f"Export: `{out}` ({s.deploy} fusion). Parity: passed on "
+             f"{s.parity_rows} real validation rows.", "", f"CPU ISA: {isa}.", "", "```",
              format_table(result, ratio_batch=ratio_batch), "```", "",
              f"Best CPU runtime vs eager FP32 at batch {ratio_batch}: {best}", "",
              "![engines](engines.png)"]
