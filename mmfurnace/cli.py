@@ -154,8 +154,8 @@ def demo_cmd(
     dataset: Annotated[str, typer.Option(help="tuxpaint (real data, frozen pretrained encoders) or digits-av (small encoders from scratch, fast)")] = "tuxpaint",
     report: Annotated[Path, typer.Option(help="Report folder")] = Path("report"),
     data_root: Annotated[Optional[Path], typer.Option(help="Where the dataset lives [default: data/tuxpaint-224 or data/digits-av]")] = None,  # noqa: UP045
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs of each unimodal run [default: 15 tuxpaint, 12 digits-av]")] = None,  # noqa: UP045
-    fusion_epochs: Annotated[Optional[int], typer.Option(help="Epochs of each fusion run [default: 15 tuxpaint, 5 digits-av (warm-started)]")] = None,  # noqa: UP045
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of each unimodal run [default: 10 tuxpaint, 12 digits-av]")] = None,  # noqa: UP045
+    fusion_epochs: Annotated[Optional[int], typer.Option(help="Epochs of each fusion run [default: 10 tuxpaint, 5 digits-av (warm-started)]")] = None,  # noqa: UP045
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds for the fusion table [default: 0 tuxpaint, 0,1,2 digits-av]")] = None,  # noqa: UP045
     skip: Annotated[Optional[list[str]], typer.Option(help="Steps to skip (repeatable)")] = None,  # noqa: UP045
 ) -> None:

@@ -263,8 +263,8 @@ def step_serving(base: RunConfig, s: DemoSettings, console: Console) -> Path:
 
 
 def _serve_load(s: DemoSettings, console: Console) -> str:
-    """benchmarks/serve_load.py over HTTP (variants a-d, 64 clients, bounded), when the demo
-    runs from a checkout that has it."""
+    """benchmarks/serve_load.py over HTTP (the preset's variants and clients, bounded), when the
+    demo runs from a checkout that has it."""
     import subprocess
     import sys
 
@@ -274,13 +274,14 @@ def _serve_load(s: DemoSettings, console: Console) -> str:
     seconds, requests = s.serve_load
     cmd = [sys.executable, str(script), "--export", str(export_dir(s)), "--data",
            str(s.data_root / "raw"), "--seconds", seconds, "--requests", requests,
+           "--variants", s.serve_variants, "--clients", str(s.serve_clients),
            "--no-engine-level", "--json", str(s.report / "serve_load.json")]
     console.print("serving load benchmark: " + " ".join(cmd[1:]))
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     console.print(done.stdout[-3000:])
     if done.returncode != 0:
         return f"\n## Load benchmark failed\n\n```\n{done.stderr[-2000:]}\n```\n"
-    return ("\n## Load benchmark (benchmarks/serve_load.py, 64 clients over HTTP)\n\n```\n"
+    return (f"\n## Load benchmark (benchmarks/serve_load.py, {s.serve_clients} clients over HTTP)\n\n```\n"
             + done.stdout.strip() + "\n```\n\nJSON: [serve_load.json](serve_load.json)\n")
 
 
@@ -290,7 +291,8 @@ def step_profile(base: RunConfig, s: DemoSettings, console: Console) -> Path:
 
     folder = s.report / "profile"
     result = profile_checkpoint(best_checkpoint(s), steps=s.profile_steps, out_dir=folder,
-                                data_cfg_overrides=[f"root={s.data_root}"])
+                                data_cfg_overrides=[f"root={s.data_root}", *(
+                                    [f"batch_size={s.profile_batch}"] if s.profile_batch else [])])
     for part in ("train", "inference"):
         if isinstance(result.get(part), dict):
             console.print(f"{part}: {result[part].get('diagnosis')}")
