@@ -290,7 +290,7 @@ def step_profile(base: RunConfig, s: DemoSettings, console: Console) -> Path:
     from mmfurnace.bench.profile import profile_checkpoint
 
     folder = s.report / "profile"
-    result = profile_checkpoint(best_checkpoint(s), steps=s.profile_steps, out_dir=folder,
+    result = profile_checkpoint(best_checkpoint(s), steps=s.profile_steps, out_dir=folder, mode=s.profile_mode,
                                 data_cfg_overrides=[f"root={s.data_root}", *(
                                     [f"batch_size={s.profile_batch}"] if s.profile_batch else [])])
     for part in ("train", "inference"):
