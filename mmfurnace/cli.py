@@ -151,21 +151,21 @@ def ablate_cmd(
 
 @app.command("demo")
 def demo_cmd(
+    dataset: Annotated[str, typer.Option(help="tuxpaint (real data, frozen pretrained encoders) or digits-av (small encoders from scratch, fast)")] = "tuxpaint",
     report: Annotated[Path, typer.Option(help="Report folder")] = Path("report"),
-    data_root: Annotated[Path, typer.Option(help="Where the built-in dataset lives")] = Path("data/digits-av"),
-    epochs: Annotated[int, typer.Option(help="Epochs of each unimodal baseline run")] = 12,
-    fusion_epochs: Annotated[int, typer.Option(help="Epochs of each fusion run (warm-started)")] = 5,
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds for the fusion table")] = "0,1,2",
+    data_root: Annotated[Optional[Path], typer.Option(help="Where the dataset lives [default: data/tuxpaint-224 or data/digits-av]")] = None,  # noqa: UP045
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of each unimodal run [default: 10 tuxpaint, 12 digits-av]")] = None,  # noqa: UP045
+    fusion_epochs: Annotated[Optional[int], typer.Option(help="Epochs of each fusion run [default: 10 tuxpaint, 5 digits-av (warm-started)]")] = None,  # noqa: UP045
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds for the fusion table [default: 0 tuxpaint, 0,1,2 digits-av]")] = None,  # noqa: UP045
     skip: Annotated[Optional[list[str]], typer.Option(help="Steps to skip (repeatable)")] = None,  # noqa: UP045
 ) -> None:
-    """Run the whole job on the built-in data: data, train, compress, export, serve, benchmark."""
-    from mmfurnace.demo import DemoSettings, run_demo
+    """Run the whole job on a built-in dataset: data, [feature cache], fusion table, robustness,
+    compress, export + runtimes, serve, profile. Writes report/index.md."""
+    from mmfurnace.demo import demo_settings, run_demo
 
-    settings = DemoSettings(report=report, data_root=data_root, epochs=epochs,
-                            fusion_epochs=fusion_epochs,
-                            seeds=tuple(int(x) for x in seeds.split(",") if x.strip()),
-                            skip=tuple(skip or ()))
     try:
+        settings = demo_settings(dataset, report=report, data_root=data_root, epochs=epochs,
+                                 fusion_epochs=fusion_epochs, seeds=seeds, skip=tuple(skip or ()))
         run_demo(settings)
     except MMFurnaceError as err:
         _fail(err)

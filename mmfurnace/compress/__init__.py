@@ -9,7 +9,14 @@ out_dir=..., **options)`` runs a whole method end to end (what the CLI calls).
 ``mmfurnace.compress(checkpoint, method, out_dir=..., **options)`` runs :func:`mmfurnace.compress.api.compress`.
 """
 
-from mmfurnace.compress.api import METHODS, CompressResult, compress, known_methods, load_compressed
+from mmfurnace.compress.api import (
+    METHODS,
+    CompressResult,
+    compress,
+    compress_together,
+    known_methods,
+    load_compressed,
+)
 from mmfurnace.compress.config import (
     ChannelConfig,
     DistillConfig,
@@ -38,6 +45,7 @@ __all__ = [
     "QATConfig",
     "SensitivityConfig",
     "compress",
+    "compress_together",
     "known_methods",
     "load_compressed",
     "make_permanent_",

@@ -120,6 +120,53 @@ def compress(
         variants += [ctx.ov_variant(v) for v in variants if v.runtime == "onnxruntime"]
     rows = measure_variants(ctx, parents(ctx, {v.runtime for v in variants}) + variants, rounds=rounds,
                             latency_samples=latency_samples, throughput_batch=throughput_batch)
+    return _finish(ctx, method, config, variants, rows, budget, report_dir, ctx.out_dir / "result.json")
+
+
+def compress_together(
+    checkpoint_dir: str | Path,
+    methods: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    out_dir: str | Path,
+    data_cfg: Any | None = None,
+    datasets: dict[str, Dataset] | None = None,
+    report_dir: str | Path | None = "report",
+    threads: int | None = None,
+    rounds: int = 20,
+    latency_samples: int = 16,
+    throughput_batch: int = 32,
+    openvino: bool | None = None,
+) -> list[CompressResult]:
+    """:func:`compress` with several ``(method, options)`` on one checkpoint, sharing what each
+    call would redo: loading the model and data, the FP32 export, and measuring the parents;
+    every variant is measured in the same interleaved rounds. On a pretrained model the export
+    and each accuracy pass cost minutes. One report section and one result per method
+    (``out_dir/result-<method>.json``), each gated by its family's default budget."""
+    plans = [(m, method_config(m, o), budget_for(METHODS[m].family, None)) for m, o in methods]
+    ctx = prepare(checkpoint_dir, out_dir=out_dir, data_cfg=data_cfg, datasets=datasets, threads=threads)
+    made: dict[str, list[Variant]] = {}
+    with torch_threads(threads):
+        for method, config, _ in plans:
+            made[method] = METHODS[method].run(ctx, config)
+    for method, _, _ in plans:
+        if _wants_openvino(openvino, METHODS[method].family):
+            made[method] += [ctx.ov_variant(v) for v in made[method] if v.runtime == "onnxruntime"]
+    every = [v for vs in made.values() for v in vs]
+    rows = measure_variants(ctx, parents(ctx, {v.runtime for v in every}) + every, rounds=rounds,
+                            latency_samples=latency_samples, throughput_batch=throughput_batch)
+    results = []
+    for method, config, budget in plans:
+        keys, runtimes = {_key(v) for v in made[method]}, {v.runtime for v in made[method]}
+        mine = [dict(r) for r in rows if f"{r['variant']}@{r['backend']}" in keys
+                or (r["parent"] is None and r["backend"] in runtimes)]
+        results.append(_finish(ctx, method, config, made[method], mine, budget, report_dir,
+                               ctx.out_dir / f"result-{method}.json"))
+    return results
+
+
+def _finish(ctx: Context, method: str, config: Any, variants: list[Variant], rows: list[dict[str, Any]],
+            budget: float, report_dir: str | Path | None, result_path: Path) -> CompressResult:
+    """Gate ``rows``, append them to the report, write ``result_path``; the method's result."""
     for row in rows:
         row.update(run=ctx.out_dir.name, checkpoint=str(ctx.meta.path), method=method if row["parent"] else "parent")
     failed = {(r["variant"], r["backend"]) for r in apply_gate(rows, budget)}
@@ -133,7 +180,7 @@ def compress(
     rejected = {_key(v): v.path for v in made if (v.name, v.runtime) in failed}
     result = CompressResult(method, config_dict(config), ctx.out_dir, rows, artifacts, report, ctx.details,
                             rejected)
-    write_json_atomic(ctx.out_dir / "result.json", _jsonable(result))
+    write_json_atomic(result_path, _jsonable(result))
     return result
 
 
@@ -285,5 +332,6 @@ def known_methods() -> dict[str, str]:
     return {name: METHODS[name].doc for name in METHODS.names()}
 
 
-__all__ = ["METHODS", "CompressResult", "Context", "Variant", "compress", "known_methods", "load_compressed",
+__all__ = ["METHODS", "CompressResult", "Context", "Variant", "compress", "compress_together", "known_methods",
+           "load_compressed",
            "measure_variants", "method_config", "parents", "prepare", "run_method"]

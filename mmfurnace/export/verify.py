@@ -16,7 +16,10 @@ from mmfurnace.export.spec import FULL_GRAPH, GraphSpec
 from mmfurnace.export.wrappers import wrap_graph
 from mmfurnace.export.writers import ExportError
 
-VERIFY_RTOL = 1e-4
+# Of the output's largest magnitude. A frozen shape or data-dependent branch is off by a good
+# part of it; FP32 kernels that differ (ONNX Runtime's convolutions vs PyTorch's, summed over
+# EfficientNet-Lite0's 18 blocks) reached 1.6e-4 of it on the encoder's sequence output.
+VERIFY_RTOL = 1e-3
 
 
 def verify_export(

@@ -24,6 +24,10 @@ FeatureNorm = Literal["none", "layernorm", "standardize"]
 
 _NOT_FOR_BUILDERS = ("name", "freeze", "unfreeze_top")
 
+# Encoders that load weights trained elsewhere (ImageNet, sentence pairs, speech) when built;
+# the others start from random weights (or a train.init_encoders checkpoint).
+PRETRAINED_ENCODERS = frozenset({"efficientnet_lite0", "minilm", "speech_embedding", "hf"})
+
 
 class EncoderConfig(StrictModel):
     name: str
@@ -83,6 +87,11 @@ class EncoderConfig(StrictModel):
                 f"(it takes {', '.join(takes) or 'none of them'})"
             )
         return self
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the encoder loads pretrained weights when built (PRETRAINED_ENCODERS)."""
+        return self.name in PRETRAINED_ENCODERS
 
     def settings(self) -> dict[str, Any]:
         """The settings the encoder's builder may take (``build_encoder`` applies the name,

@@ -50,8 +50,10 @@ class VariantSummary:
     macro_f1_mean: float | None
     macro_f1_std: float | None
     micro_f1_mean: float | None
-    params: int | None
+    params: int | None  # every parameter, frozen encoders' included
     train_time_s: float | None
+    trainable_params: int | None = None
+    start: str | None = None  # how the encoders start: encoder_start()
 
 
 @dataclass
@@ -97,6 +99,8 @@ def summarise(variant: ConfigVariant, cfg: RunConfig | None, records: list[RunRe
 
     acc, macro = stat("accuracy"), stat("macro_f1")
     params = [r.metrics["params"] for r in ok if r.metrics.get("params") is not None]
+    trainable = [r.metrics["trainable_params"] for r in ok
+                 if r.metrics.get("trainable_params") is not None]
     times = [float(r.metrics["train_time_s"]) for r in ok if r.metrics.get("train_time_s") is not None]
     status = "ok" if not failed else ("partial" if ok else "failed")
     return VariantSummary(
@@ -118,7 +122,29 @@ def summarise(variant: ConfigVariant, cfg: RunConfig | None, records: list[RunRe
         micro_f1_mean=stat("micro_f1")[0],
         params=int(params[0]) if params else None,
         train_time_s=statistics.fmean(times) if times else None,
+        trainable_params=int(trainable[0]) if trainable else None,
+        start=encoder_start(cfg) if cfg else None,
     )
+
+
+def encoder_start(cfg: RunConfig) -> str:
+    """Where the encoders of ``cfg``'s modalities start, by group: "checkpoints (image)"
+    (train.init_encoders), "pretrained, frozen (audio, image, text)", "pretrained, top 2 blocks
+    trainable (image)", "pretrained, fine-tuned (text)"; "scratch" when none of these."""
+    groups: dict[str, list[str]] = {}
+    for m in sorted(cfg.data.modalities):
+        enc = cfg.model.encoders.get(m)
+        if m in cfg.train.init_encoders:
+            kind = "checkpoints"
+        elif enc is not None and enc.pretrained:
+            kind = ("pretrained, fine-tuned" if not enc.freeze else "pretrained, frozen"
+                    if not enc.unfreeze_top else f"pretrained, top {enc.unfreeze_top} blocks trainable")
+        elif enc is not None and enc.freeze:
+            kind = "scratch, frozen"
+        else:
+            continue
+        groups.setdefault(kind, []).append(m)
+    return "; ".join(f"{k} ({', '.join(ms)})" for k, ms in groups.items()) or "scratch"
 
 
 def _val_curve(run_dir: Path) -> dict[int, float]:
@@ -148,10 +174,8 @@ def _pm(mean: float | None, std: float | None) -> str:
     return "—" if mean is None else f"{mean:.4f} ± {std:.4f}"
 
 
-def _start(warm: list[str] | None) -> str:
-    if warm is None:
-        return "?"
-    return f"checkpoints ({', '.join(warm)})" if warm else "scratch"
+def _count(n: int | None) -> str:
+    return "—" if n is None else str(n)
 
 
 def write_tables(
@@ -162,19 +186,21 @@ def write_tables(
         "# Ablation results",
         "",
         f"Seeds: {', '.join(map(str, seeds))}. Test-set metrics of each run's best checkpoint; "
-        "mean ± sample std (n - 1) over the seeds that finished. Train time is the mean per run.",
+        "mean ± sample std (n - 1) over the seeds that finished. Train time is the mean per run. "
+        "Params: every parameter of the model (frozen encoders included); trainable: those "
+        "the run trained.",
         "",
         "| variant | modalities | fusion | encoders start from | epochs | accuracy (mean ± std) "
-        "| macro-F1 (mean ± std) | params | train time (s) | seeds ok |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| macro-F1 (mean ± std) | params | trainable params | train time (s) | seeds ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         acc = _pm(s.accuracy_mean, s.accuracy_std) if s.status != "failed" else "**failed**"
         lines.append(
             f"| {s.name} | {', '.join(s.modalities) if s.modalities else '?'} | {s.fusion or '?'} "
-            f"| {_start(s.warm_start)} | {s.epochs or '?'} | {acc} "
-            f"| {_pm(s.macro_f1_mean, s.macro_f1_std)} | {s.params if s.params is not None else '—'} "
-            f"| {_fmt(s.train_time_s, 1)} | {len(s.seeds_ok)}/{len(seeds)} |"
+            f"| {s.start or '?'} | {s.epochs or '?'} | {acc} "
+            f"| {_pm(s.macro_f1_mean, s.macro_f1_std)} | {_count(s.params)} "
+            f"| {_count(s.trainable_params)} | {_fmt(s.train_time_s, 1)} | {len(s.seeds_ok)}/{len(seeds)} |"
         )
     failed = [s for s in summaries if s.error]
     if failed:
@@ -187,9 +213,10 @@ def write_tables(
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     csv_path = out_dir / "results.csv"
-    columns = ["variant", "status", "modalities", "fusion", "warm_start", "epochs", "overrides", "seeds_ok",
-               f"{metric}_mean", f"{metric}_std", "accuracy_mean", "accuracy_std", "macro_f1_mean",
-               "macro_f1_std", "micro_f1_mean", "params", "train_time_s", "error"]
+    columns = ["variant", "status", "modalities", "fusion", "warm_start", "start", "epochs", "overrides",
+               "seeds_ok", f"{metric}_mean", f"{metric}_std", "accuracy_mean", "accuracy_std",
+               "macro_f1_mean", "macro_f1_std", "micro_f1_mean", "params", "trainable_params",
+               "train_time_s", "error"]
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(dict.fromkeys(columns))  # a metric named "accuracy" appears once
@@ -197,6 +224,7 @@ def write_tables(
             row = {
                 "variant": s.name, "status": s.status, "modalities": "+".join(s.modalities or []),
                 "fusion": s.fusion or "", "warm_start": "+".join(s.warm_start or []),
+                "start": s.start or "", "trainable_params": s.trainable_params,
                 "epochs": s.epochs, "overrides": " ".join(s.overrides),
                 "seeds_ok": " ".join(map(str, s.seeds_ok)),
                 f"{metric}_mean": s.metric_mean, f"{metric}_std": s.metric_std,
@@ -215,7 +243,8 @@ def write_tables(
         "runs": [
             {"variant": r.variant, "seed": r.seed, "out_dir": str(r.out_dir), "status": r.status,
              "error": r.error, "test": _split_metrics(r.metrics) or None,
-             "params": r.metrics.get("params"), "train_time_s": r.metrics.get("train_time_s")}
+             "params": r.metrics.get("params"), "trainable_params": r.metrics.get("trainable_params"),
+             "train_time_s": r.metrics.get("train_time_s")}
             for r in runs
         ],
     }

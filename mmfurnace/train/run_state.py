@@ -106,6 +106,7 @@ def run_results(
         "steps": state.step,
         "stopped_early": state.stopped_early,
         "params": count_params(model),
+        "trainable_params": count_params(model, trainable=True),
         "train_time_s": state.train_time_s,
         "train_samples_per_s": state.samples_seen / state.train_time_s if state.train_time_s else None,
         "world_size": env.world_size,
@@ -115,9 +116,9 @@ def run_results(
     }
 
 
-def count_params(model: nn.Module) -> int:
-    """Every parameter of ``model``, trainable or frozen."""
-    return sum(p.numel() for p in model.parameters())
+def count_params(model: nn.Module, *, trainable: bool = False) -> int:
+    """Every parameter of ``model``, trainable or frozen (``trainable``: only those that train)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
 def drop_empty(metrics: dict[str, Any] | None) -> dict[str, Any]:

@@ -121,3 +121,28 @@ def test_distill_and_qat_end_to_end(trained, splits, tmp_path):
     sidecar = json.loads((_artifact(qat, "qat-int8@onnxruntime") / "export.json").read_text())
     assert sidecar["compression"]["type"] == "QATConfig"
     assert sidecar["compression"]["int8"]["requested"] == "auto"  # the format chosen for this CPU
+
+
+def test_methods_compressed_together_share_the_export_and_the_parents(trained, splits, tmp_path):
+    """compress_together: both INT8 methods on one context -- one FP32 export, the parents
+    measured once (the same row in both results), one report section and result per method."""
+    from mmfurnace.compress import compress_together
+
+    results = compress_together(trained, [("int8-dynamic", {}), ("int8-static", {"num_batches": 2})],
+                                out_dir=tmp_path / "int8", datasets=splits,
+                                report_dir=tmp_path / "report", openvino=False, **FAST)
+    assert [r.method for r in results] == ["int8-dynamic", "int8-static"]
+    for result, variant in zip(results, ("int8-dynamic", "int8-static-minmax"), strict=True):
+        assert {(r["variant"], r["backend"]) for r in result.rows} == {
+            ("fp32-onnxruntime", "onnxruntime"), (variant, "onnxruntime")}
+        _check_rows(result, "onnxruntime", variant)
+        assert result.rows[1]["gate"] in ("PASS", "FAILED")
+        assert (tmp_path / "int8" / f"result-{result.method}.json").is_file()
+    first, second = (next(r for r in res.rows if r["variant"] == "fp32-onnxruntime") for res in results)
+    assert first["throughput"] == second["throughput"]  # measured once
+    assert first["method"] == second["method"] == "parent"
+    exports = sorted(p.parent.name for p in (tmp_path / "int8").rglob("export.json"))
+    assert exports.count("fp32-onnxruntime") == 1
+    report = (tmp_path / "report" / "compression.md").read_text()
+    assert report.count(": int8-dynamic (") == 1
+    assert report.count(": int8-static (") == 1

@@ -23,6 +23,11 @@ def test_smoke_serves_with_the_default_config(export_dir, tmp_path) -> None:
         (raw / "audio" / f"{i}.wav").write_bytes(wav_bytes(300 + 50 * i))
         lines.append(json.dumps({"id": f"t{i}", "split": "test", "image": f"images/{i}.png", "audio": f"audio/{i}.wav",
                                  "text": WORDS[i], "label": i}))
+    # tuxpaint's manifest: labels by name, and a row without audio that the smoke run passes over
+    lines.append(json.dumps({"id": "t9", "split": "test", "image": "images/0.png", "text": WORDS[0],
+                             "label": WORDS[0]}))
+    lines.insert(1, lines.pop())
+    lines[2] = lines[2].replace('"label": 1}', f'"label": "{WORDS[1]}"}}')
     (raw / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     (raw / "classes.json").write_text(json.dumps(WORDS))
     report = serve_smoke(export_dir, raw, n=4, console=Console(file=io.StringIO()))
@@ -30,4 +35,5 @@ def test_smoke_serves_with_the_default_config(export_dir, tmp_path) -> None:
     rows = [line for line in report.splitlines() if line.startswith("| v2") or line.startswith("| /v1")]
     assert len(rows) == 6
     assert all(row.split(" | ")[3] in WORDS for row in rows)  # a predicted class name each
+    assert [row.split(" | ")[2] for row in rows[:4]] == WORDS[:4]  # true labels, index or name
     assert "image+text" in report  # the request without audio was answered

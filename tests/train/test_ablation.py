@@ -147,7 +147,8 @@ def test_ablation_aggregates_seeds_from_results_json(ablation):
         assert cells[1:6] == ["audio, image, text", fusion, "scratch", "1",
                               f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"]
         assert cells[7] == str(per_seed[0]["params"])
-        assert cells[9] == "2/2"
+        assert cells[8] == str(per_seed[0]["trainable_params"]) == cells[7]  # nothing frozen
+        assert cells[10] == "2/2"
 
 
 @pytest.mark.slow
