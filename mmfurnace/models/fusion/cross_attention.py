@@ -202,21 +202,13 @@ def attend_per_mask(attn: nn.MultiheadAttention, query: Tensor, h: Tensor, key_m
     """``attn``'s attention of one query (batch, 1, dim) over ``h`` (batch, tokens, dim), once per
     additive key mask in ``key_masks`` (masks, batch, tokens): (batch, masks, dim).
 
-    The keys and values are projected once for every mask. Calling ``attn`` once per mask
-    projected them once per modality, and each projection's weights then fed several MatMuls,
-    which ONNX Runtime's INT8 precision mode (for CPUs without VNNI) fails to load; passing the
-    masks as ``attn_mask`` instead bakes the traced batch size into the exported graph."""
-    assert attn.in_proj_weight is not None, "needs the packed in-projection (kdim = vdim = embed_dim)"
-    assert attn.batch_first, "needs batch_first"
-    heads, dim = attn.num_heads, attn.embed_dim
-    head_dim = dim // heads
-    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
-    q = nn.functional.linear(query, w_q, b_q).reshape(query.shape[0], 1, heads, head_dim).transpose(1, 2)
-    k = nn.functional.linear(h, w_k, b_k).reshape(h.shape[0], -1, heads, head_dim).transpose(1, 2)
-    v = nn.functional.linear(h, w_v, b_v).reshape(h.shape[0], -1, heads, head_dim).transpose(1, 2)
-    scores = (q @ k.transpose(-1, -2)) * head_dim**-0.5  # (batch, heads, 1, tokens)
-    scores = scores + key_masks.transpose(0, 1).unsqueeze(1)  # (batch, heads, masks, tokens)
-    probs = nn.functional.dropout(torch.softmax(scores, dim=-1), attn.dropout, training=attn.training)
-    out = (probs @ v).transpose(1, 2).reshape(h.shape[0], -1, dim)  # (batch, masks, dim)
-    return attn.out_proj(out)
+    The masks are folded into the batch and ``attn`` is called once. A call per mask gave each
+    projection weight several MatMuls in the exported graph, which ONNX Runtime's INT8
+    precision mode (CPUs without VNNI) fails to load; computing the attention by hand skipped
+    the module's hooks (pruning masks, QAT fake quantization); per-query masks as ``attn_mask``
+    bake the traced batch size into the export."""
+    groups = key_masks.shape[0]
+    queries = query.repeat(groups, 1, 1)  # mask-major: rows g * batch + b
+    keys = h.repeat(groups, 1, 1)
+    out = attn(queries, keys, keys, key_padding_mask=key_masks.flatten(0, 1), need_weights=False)[0]
+    return out.reshape(groups, -1, out.shape[-1]).transpose(0, 1)
