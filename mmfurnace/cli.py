@@ -36,7 +36,7 @@ def _fail(err: Exception) -> None:
 @data_app.command("build")
 def data_build(
     name: Annotated[str, typer.Argument(help="Built-in dataset to build: digits-av, fsdd-mnist, tuxpaint")] = "digits-av",
-    out: Annotated[Optional[Path], typer.Option(help="Folder to write the dataset into [default: data/NAME]")] = None,  # noqa: UP045
+    out: Annotated[Optional[Path], typer.Option(help="Folder to write the dataset into (default: data/NAME)")] = None,  # noqa: UP045
     seed: Annotated[int, typer.Option(help="Seed for pairing, noise and splits")] = 0,
     config: Annotated[Optional[Path], typer.Option(help="Run config whose data section sets preprocessing")] = None,  # noqa: UP045
     force: Annotated[bool, typer.Option(help="Rebuild even if the dataset exists")] = False,
@@ -153,14 +153,14 @@ def ablate_cmd(
 def demo_cmd(
     dataset: Annotated[str, typer.Option(help="tuxpaint (real data, frozen pretrained encoders) or digits-av (small encoders from scratch, fast)")] = "tuxpaint",
     report: Annotated[Path, typer.Option(help="Report folder")] = Path("report"),
-    data_root: Annotated[Optional[Path], typer.Option(help="Where the dataset lives [default: data/tuxpaint-224 or data/digits-av]")] = None,  # noqa: UP045
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs of each unimodal run [default: 10 tuxpaint, 12 digits-av]")] = None,  # noqa: UP045
-    fusion_epochs: Annotated[Optional[int], typer.Option(help="Epochs of each fusion run [default: 10 tuxpaint, 5 digits-av (warm-started)]")] = None,  # noqa: UP045
-    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds for the fusion table [default: 0 tuxpaint, 0,1,2 digits-av]")] = None,  # noqa: UP045
+    data_root: Annotated[Optional[Path], typer.Option(help="Where the dataset lives (default: data/tuxpaint-224 or data/digits-av)")] = None,  # noqa: UP045
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of each unimodal run (default: 10 tuxpaint, 12 digits-av)")] = None,  # noqa: UP045
+    fusion_epochs: Annotated[Optional[int], typer.Option(help="Epochs of each fusion run (default: 10 tuxpaint, 5 digits-av (warm-started))")] = None,  # noqa: UP045
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds for the fusion table (default: 0 on tuxpaint, 0,1,2 on digits-av)")] = None,  # noqa: UP045
     skip: Annotated[Optional[list[str]], typer.Option(help="Steps to skip (repeatable)")] = None,  # noqa: UP045
 ) -> None:
-    """Run the whole job on a built-in dataset: data, [feature cache], fusion table, robustness,
-    compress, export + runtimes, serve, profile. Writes report/index.md."""
+    """Run the whole job on a built-in dataset: data, feature cache (pretrained encoders), fusion
+    table, robustness, compress, export + runtimes, serve, profile. Writes report/index.md."""
     from mmfurnace.demo import demo_settings, run_demo
 
     try:

@@ -9,28 +9,23 @@ import os
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from mmfurnace.config import RunConfig
+from mmfurnace.data.manifest import SPLITS
 from mmfurnace.demo_settings import DemoSettings
-
-SPLITS = ("train", "valid", "test")
 
 
 def build_feature_cache(base: RunConfig, s: DemoSettings, console: Console) -> Path:
     """Find or build the cache entry of each frozen encoder of ``base`` (a progress bar per
     encoder being run) and write ``features.md``: the entries, seconds and inputs encoded."""
     from mmfurnace.data.datasets import build_dataset
-    from mmfurnace.models import build_model
     from mmfurnace.models.feature_cache import cache_features, feature_progress
     from mmfurnace.threads import torch_threads
+    from mmfurnace.train.probe import seeded_model
 
     splits = {split: build_dataset(base.data, split) for split in SPLITS}
-    info = splits["train"].info  # type: ignore[attr-defined]
-    with torch.random.fork_rng():
-        torch.manual_seed(base.train.seed)  # as the recipe seeds it: the same cache key
-        model = build_model(base.model, info, modalities=list(info.modalities))
+    model = seeded_model(base, splits["train"].info)  # type: ignore[attr-defined]
     threads = base.train.feature_threads or os.cpu_count() or 1
     started = time.perf_counter()
     with torch_threads(threads), feature_progress(True) as report:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,21 +87,25 @@ def cached_pooled(
     (``build=False``: an InputError). Runs only the hashing when the recipe built them."""
     from mmfurnace.data.datasets import build_dataset
     from mmfurnace.data.subset import restrict_modalities
-    from mmfurnace.models import build_model
 
     splits = dict(datasets) if datasets is not None else {
         s: build_dataset(cfg.data, s) for s in SPLITS
     }
     splits = restrict_modalities(splits, cfg.data.modalities)
-    info = splits["train"].info  # type: ignore[attr-defined]
-    with torch.random.fork_rng():
-        # seeded as the recipe seeds it, so a frozen encoder that is not pretrained gets the
-        # weights (and so the cache entry) of the run with this config
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, info, modalities=list(info.modalities))
+    model = seeded_model(cfg, splits["train"].info)  # type: ignore[attr-defined]
     with torch_threads(cfg.train.feature_threads):
         return pooled_features(model, splits, cache_dir=cfg.train.feature_cache_dir,
                                batch_size=cfg.data.batch_size, build=build)
+
+
+def seeded_model(cfg: RunConfig, info: Any) -> MultimodalClassifier:
+    """``cfg``'s model seeded as the recipe seeds it, so a frozen encoder that is not
+    pretrained gets the weights (and so the feature-cache entry) of the run with this config."""
+    from mmfurnace.models import build_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.train.seed)
+        return build_model(cfg.model, info, modalities=list(info.modalities))
 
 
 def pooled_features(

@@ -27,11 +27,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from mmfurnace.data.manifest import SPLITS
 from mmfurnace.errors import InputError
 from mmfurnace.models.feature_cache import FeatureCache, cache_features, encoder_fingerprint
 from mmfurnace.models.outputs import EncoderOutput
-
-SPLITS = ("train", "valid", "test")
 
 
 class MemoEncoder(nn.Module):
