@@ -117,9 +117,11 @@ class Int8StaticConfig:
     calibration: "minmax" | "percentile" (keeps ``percentile`` % of values) | "entropy"
     (KL-minimising threshold). ``exclude`` lists ONNX node names kept in FP32 (what the
     sensitivity analysis fills in). ``op_types`` None = Conv, MatMul and Gemm.
-    ``min_reduction``: layers whose dot products are shorter than this (in_channels x kernel
-    size for a conv, in_features for a matmul) stay FP32 — e.g. a 5x5 conv on a 1-channel
-    image (25): INT8 kernels do not pay for (de)quantizing such short reductions.
+    ``min_reduction``: a first layer (none before it on the way from the model's inputs) whose
+    dot products are shorter than this (in_channels x kernel size for a conv, in_features for
+    a matmul) stays FP32 — e.g. a 5x5 conv on a 1-channel image (25): ORT's INT8 conv is
+    several times slower there. Short layers deeper in (depthwise convs) are quantized with
+    their neighbours. ``op_types`` None also quantizes Relu/Clip/LeakyRelu with their producer.
     ``int8_format``: "auto" (u8s8 where this CPU's U8S8 kernels are exact, else
     u8s8-reduce-range) or one of "u8s8", "u8s8-reduce-range", "u8u8".
     """

@@ -21,7 +21,7 @@ import torch
 
 from mmfurnace.compress.config import Int8StaticConfig, SensitivityConfig
 from mmfurnace.compress.measure import sqnr_db
-from mmfurnace.compress.quantize import preprocessed, quantizable_nodes, quantize_onnx
+from mmfurnace.compress.quantize import kept_float, preprocessed, quantizable_nodes, quantize_onnx
 from mmfurnace.compress.report import bar_chart, markdown_table, write_csv
 from mmfurnace.compress.runners import OrtPredictor
 from mmfurnace.data.batch import Batch
@@ -133,7 +133,7 @@ def write_outputs(result: SensitivityResult, out_dir: Path, *, title: str) -> di
 
 def _groups(onnx_path: Path, config: SensitivityConfig, min_reduction: int) -> dict[str, list[dict[str, Any]]]:
     # layers too short to quantize stay FP32 in every variant: nothing to analyse
-    nodes = [n for n in quantizable_nodes(onnx_path) if n["reduction"] >= min_reduction]
+    nodes = [n for n in quantizable_nodes(onnx_path) if not kept_float(n, min_reduction)]
     if config.max_layers is not None:
         nodes = sorted(nodes, key=lambda n: -n["params"])[: config.max_layers]
     groups: dict[str, list[dict[str, Any]]] = {}

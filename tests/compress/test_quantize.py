@@ -159,3 +159,58 @@ def test_preprocessing_leaves_nothing_in_the_working_directory(fp32_export, tmp_
     monkeypatch.chdir(tmp_path)
     assert preprocessed(fp32_export).is_file()
     assert list(tmp_path.iterdir()) == []
+
+
+class _ConvChain(torch.nn.Module):
+    """A 1-channel stem (reduction 9), then a depthwise conv (9) and a pointwise one (8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.depthwise = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pointwise = torch.nn.Conv2d(8, 16, 1)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.stem(x))
+        x = torch.nn.functional.relu6(self.depthwise(x))
+        return self.pointwise(x).mean((2, 3))
+
+
+def test_only_short_first_layers_stay_float(tmp_path):
+    from mmfurnace.compress.quantize import kept_float, quantizable_nodes
+
+    path = tmp_path / "chain.onnx"
+    torch.onnx.export(_ConvChain().eval(), (torch.randn(2, 1, 8, 8),), str(path), dynamo=False)
+    nodes = quantizable_nodes(path)
+    assert [n["reduction"] for n in nodes] == [9, 9, 8]
+    assert [n["first"] for n in nodes] == [True, False, False]
+    assert [kept_float(n, 32) for n in nodes] == [True, False, False]
+    assert not any(kept_float(n, 0) for n in nodes)
+
+
+def test_chain_stays_int8(tmp_path):
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from mmfurnace.compress.quantize import quantize_static_file
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = [{"x": np.random.default_rng(i).standard_normal((2, 1, 8, 8)).astype(np.float32)}
+                            for i in range(2)]
+
+        def get_next(self):
+            return self.batches.pop() if self.batches else None
+
+    src, dst = tmp_path / "chain.onnx", tmp_path / "q.onnx"
+    torch.onnx.export(_ConvChain().eval(), (torch.randn(2, 1, 8, 8),), str(src), input_names=["x"], dynamo=False)
+    quantize_static_file(src, dst, Reader(), Int8StaticConfig())
+    graph = onnx.load(str(dst)).graph
+    weights = {t.name: t.data_type for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert [weights.get(c.input[1], "dequantized") for c in convs] == [onnx.TensorProto.FLOAT, "dequantized",
+                                                                      "dequantized"]
+    # ReLU6 after an INT8 conv folds into its output range: no float Clip reads dequantized data
+    producer = {o: n for n in graph.node for o in n.output}
+    clips = [n for n in graph.node if n.op_type == "Clip"]
+    assert all(producer[c.input[0]].op_type != "DequantizeLinear" for c in clips)
