@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from mmfurnace.compress.api import METHODS, measure_variants, parents, prepare, run_method
 from mmfurnace.compress.gate import apply_gate, budget_for
 from mmfurnace.compress.measure import cpu_info
 from mmfurnace.compress.report import MD_COLUMNS, append_report, markdown_table
 from mmfurnace.errors import ConfigError
+from mmfurnace.typed_config import safe_load
 
 DEFAULT_METHODS = (
     "fp16", "bf16", "int8-dynamic", "int8-static", "int8-static:calibration=percentile",
@@ -53,7 +53,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"method spec {spec!r}: option {item!r} is not key=value")
-        options[key.strip()] = yaml.safe_load(value)
+        options[key.strip()] = safe_load(value)
     return name.strip(), options
 
 

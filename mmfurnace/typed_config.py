@@ -2,7 +2,7 @@
 
 Every section of the run config subclasses :class:`StrictModel`, so an unknown key or a value
 of the wrong type is an error that names the key and what is allowed, never a silent default.
-Override values are parsed as YAML scalars/lists (``yaml.safe_load``), never evaluated.
+Override values are parsed as YAML (:func:`safe_load`: PyYAML's safe loader), never evaluated.
 """
 
 from __future__ import annotations
@@ -17,8 +17,21 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mmfurnace.errors import ConfigError
 
 M = TypeVar("M", bound="StrictModel")
-# YAML 1.1 (PyYAML) reads "1e-3" as a string; users mean a number.
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that reads 1e-3 and 3E5 as numbers: YAML 1.1 wants a dot in a
+    float, so ``lr: 3e-4`` (in a file, an override or a mapping such as ``finetune={lr: 3e-4}``)
+    would otherwise be the string "3e-4"."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def safe_load(text: str) -> Any:
+    """YAML text -> Python data, safely (no object construction), exponent floats as numbers."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 class FieldError(ValueError):
@@ -42,7 +55,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if raw is None:
@@ -61,9 +74,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
         parts = key.strip().split(".")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-            if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-                value = float(value)
+            value = safe_load(text) if text.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from None
         node = result

@@ -26,6 +26,15 @@ def test_override_values_are_parsed_as_yaml_not_evaluated():
     assert raw["x"]["y"] == "__import__('os')"  # a plain string, never run
 
 
+def test_exponent_floats_are_numbers_everywhere(tmp_path):
+    # YAML 1.1 wants a dot in a float: without our loader "3e-4" stays a string inside mappings
+    raw = apply_overrides({}, ["finetune={lr: 3e-4, epochs: 2}", "lr=[1E-3, 2]", 'name="1e-3"'])
+    assert raw == {"finetune": {"lr": 3e-4, "epochs": 2}, "lr": [1e-3, 2], "name": "1e-3"}
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 3e-4\n  epochs: 2\n", encoding="utf-8")
+    assert load_run_config(path).train.lr == pytest.approx(3e-4)
+
+
 def test_typo_in_key_names_the_key_and_allowed_keys():
     with pytest.raises(ConfigError) as err:
         load_run_config(None, ["train.epoch=3"])

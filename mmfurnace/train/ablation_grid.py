@@ -15,11 +15,9 @@ from typing import Any
 import yaml
 
 from mmfurnace.errors import ConfigError
+from mmfurnace.typed_config import safe_load
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9._+=,-]")
-
-
-_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 @dataclass(frozen=True)
@@ -74,18 +72,11 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
             if not piece.strip():
                 raise ConfigError(f"grid spec {spec!r}: empty value (check for a stray ',' or '|')")
             try:
-                values.append(_number(yaml.safe_load(piece)))
+                values.append(safe_load(piece))
             except yaml.YAMLError as err:
                 raise ConfigError(f"grid spec {spec!r}: {piece!r} is not valid YAML: {err}") from None
         grid[key] = values
     return grid
-
-
-def _number(value: Any) -> Any:
-    # YAML 1.1 reads 1e-3 (no dot) as a string; on a command line it means the number.
-    if isinstance(value, str) and _EXPONENT.match(value.strip()):
-        return float(value)
-    return value
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -131,14 +122,14 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[ConfigVariant]:
 
 
 def format_value(value: Any) -> str:
-    """Write ``value`` as the YAML text an override needs; ``yaml.safe_load`` reads it back."""
+    """Write ``value`` as the YAML text an override needs; ``safe_load`` reads it back."""
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{format_value(k)}: {format_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         try:
-            plain = yaml.safe_load(value) == value and not any(c in value for c in ",[]{}#")
+            plain = safe_load(value) == value and not any(c in value for c in ",[]{}#")
         except yaml.YAMLError:
             plain = False
         return value if plain else json.dumps(value)
