@@ -38,6 +38,7 @@ class ProfileReport:
     trace_path: str | None = None
     flops: dict[str, Any] | None = None
     num_workers: int | None = None
+    frozen: list[str] = field(default_factory=list)  # modalities whose encoder trains no weight
     diagnosis: str = ""
 
     @property
@@ -76,6 +77,7 @@ class ProfileReport:
             "steps": self.steps,
             "rows_per_step": self.rows_per_step,
             "num_workers": self.num_workers,
+            "frozen_encoders": self.frozen,
             "step_ms": {"mean": total, **{k: 1e3 * v for k, v in percentiles(self.step_seconds).items()}},
             "stages": stages,
             "stage_sum_ms": total - ms[OTHER],
@@ -148,8 +150,15 @@ def diagnose(report: ProfileReport) -> str:
     label = stage_label(largest)
     if largest.startswith("encoder."):
         m = largest.split(".", 1)[1]
-        hint = (f"shrink it (model.encoders.{m}.dim / .layers), pick a lighter encoder, or give it "
-                "its own device when serving")
+        if m in report.frozen and report.mode == "train":
+            hint = ("it is frozen: set train.feature_cache=true so training reads its outputs, "
+                    "computed once, instead of running it every step")
+        elif m in report.frozen:  # a pretrained backbone: its size is not a knob
+            hint = ("it is frozen: serve it INT8 (mmfurnace compress --method int8-static) or on "
+                    "OpenVINO, pick a lighter encoder, or give it its own device when serving")
+        else:
+            hint = (f"shrink it (model.encoders.{m}.dim / .layers), pick a lighter encoder, or give it "
+                    "its own device when serving")
     else:
         hint = {
             "h2d": "set data.pin_memory=true so copies run non_blocking, or ship smaller dtypes",

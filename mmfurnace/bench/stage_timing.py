@@ -152,12 +152,20 @@ def run_steps(
             step_seconds=step_seconds,
             memory={},
             num_workers=getattr(loader, "num_workers", None),
+            frozen=frozen_encoders(model),
         )
         if profile_steps:
             _framework_profile(report, step, timer, batches, profile_steps, device, trace_path, top_n)
     report.memory = peak_memory(device)
     report.diagnosis = diagnose(report)
     return report
+
+
+def frozen_encoders(model: nn.Module) -> list[str]:
+    """Modalities whose encoder has parameters and none of them trains."""
+    encoders = getattr(model, "encoders", None) or {}
+    return sorted(m for m, enc in encoders.items()
+                  if any(True for _ in enc.parameters()) and not any(p.requires_grad for p in enc.parameters()))
 
 
 def _timed_steps(

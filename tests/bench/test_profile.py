@@ -157,6 +157,19 @@ def test_diagnosis_names_a_slow_encoder():
     assert "model.encoders.text" in report.diagnosis
 
 
+def test_diagnosis_of_a_frozen_encoder():
+    model = _model()
+    model.encoders["text"] = SlowEncoder(model.encoders["text"], 0.03)
+    model.encoders["text"].requires_grad_(False)
+    report = profile_inference(model, _loader(TinyDataset(16, seed=1)), steps=3, warmup=1, profile_steps=0, count=False)
+    assert report.frozen == ["text"]
+    assert report.diagnosis.startswith("the text encoder is ")
+    assert "it is frozen: serve it INT8" in report.diagnosis
+    assert "model.encoders.text.dim" not in report.diagnosis  # a pretrained backbone's size is no knob
+    report.mode = "train"
+    assert "train.feature_cache=true" in diagnose(report)
+
+
 def test_diagnosis_sentence_per_stage():
     def report(**ms: float) -> ProfileReport:
         stages = {k.replace("__", "."): [v / 1e3] for k, v in ms.items()}
