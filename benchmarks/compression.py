@@ -29,7 +29,7 @@ import torch
 from mmfurnace.compress.api import METHODS, measure_variants, parents, prepare, run_method
 from mmfurnace.compress.gate import apply_gate, budget_for
 from mmfurnace.compress.measure import cpu_info
-from mmfurnace.compress.report import MD_COLUMNS, append_report, markdown_table
+from mmfurnace.compress.report import MD_COLUMNS, append_report, checkpoint_title, markdown_table
 from mmfurnace.errors import ConfigError
 from mmfurnace.typed_config import safe_load
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         detail = "" if c["status"] == "not run" else f" {c['variant']}: {c['speedup']:.2f}x, {c['delta_pt']:+.2f} pt (want {c['wanted']})"
         print(f"{c['status']:7} {c['target']}{detail}")
     print(f"\nmachine: {machine['cpu']}; ISA {' '.join(machine['isa'])}; threads {args.threads or torch.get_num_threads()}")
-    append_report(args.out, rows, title=f"{Path(ctx.meta.path).name}: benchmark ({', '.join(args.methods)})")
+    append_report(args.out, rows, title=f"{checkpoint_title(ctx.meta.path)}: benchmark ({', '.join(args.methods)})")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

@@ -31,7 +31,7 @@ from mmfurnace.compress.measure import (
     split_samples,
 )
 from mmfurnace.compress.methods import METHODS
-from mmfurnace.compress.report import append_report
+from mmfurnace.compress.report import append_report, checkpoint_title
 from mmfurnace.compress.runners import TorchPredictor
 from mmfurnace.data.batch import Batch
 from mmfurnace.data.info import check_same_data
@@ -172,7 +172,7 @@ def _finish(ctx: Context, method: str, config: Any, variants: list[Variant], row
     failed = {(r["variant"], r["backend"]) for r in apply_gate(rows, budget)}
     report: dict[str, Path] = {}
     if report_dir is not None:
-        report = append_report(report_dir, rows, title=f"{Path(ctx.meta.path).name}: {method}")
+        report = append_report(report_dir, rows, title=f"{checkpoint_title(ctx.meta.path)}: {method}")
     if "sensitivity_files" in ctx.details:
         report.update({f"sensitivity_{k}": v for k, v in ctx.details.pop("sensitivity_files").items()})
     made = [v for v in variants if v.path is not None]

@@ -26,6 +26,15 @@ MD_COLUMNS = (
 )
 
 
+def checkpoint_title(path: str | Path) -> str:
+    """A checkpoint as a report names it: runs/late/seed0/best -> "late/seed0/best" (its own
+    folder name alone, "best", says nothing about which model it is)."""
+    parts = Path(path).parts
+    if parts and parts[-1] in ("best", "last"):
+        return "/".join(parts[-3:])
+    return parts[-1] if parts else str(path)
+
+
 def append_report(report_dir: str | Path, rows: Sequence[dict[str, Any]], *, title: str,
                   plot: bool = True) -> dict[str, Path]:
     """Append ``rows`` (dicts with :data:`COLUMNS` keys) to ``report_dir``/compression.csv and

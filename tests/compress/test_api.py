@@ -10,6 +10,7 @@ import pytest
 
 from mmfurnace.compress import compress, load_compressed
 from mmfurnace.compress.measure import count_params
+from mmfurnace.compress.report import checkpoint_title
 from mmfurnace.export.runtimes import RUNTIMES
 
 FAST = {"rounds": 2, "latency_samples": 2, "throughput_batch": 8, "threads": 1}
@@ -144,5 +145,11 @@ def test_methods_compressed_together_share_the_export_and_the_parents(trained, s
     exports = sorted(p.parent.name for p in (tmp_path / "int8").rglob("export.json"))
     assert exports.count("fp32-onnxruntime") == 1
     report = (tmp_path / "report" / "compression.md").read_text()
-    assert report.count(": int8-dynamic (") == 1
+    assert report.count(f"## {checkpoint_title(trained)}: int8-dynamic (") == 1
     assert report.count(": int8-static (") == 1
+
+
+def test_report_sections_name_the_run_not_its_best_folder():
+    assert checkpoint_title("report/fusion/runs/late/seed0/best") == "late/seed0/best"
+    assert checkpoint_title("runs/x/last") == "runs/x/last"
+    assert checkpoint_title("models/student") == "student"
