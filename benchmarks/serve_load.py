@@ -65,7 +65,9 @@ import numpy as np
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 VARIANTS: dict[str, dict[str, Any]] = {
-    "a": {"label": "eager, one at a time", "cfg": {"mode": "whole", "max_batch_size": 1, "max_inflight_batches": 1}},
+    # the naive server: one row at a time, every request queued (no latency budget to shed by)
+    "a": {"label": "eager, one at a time", "cfg": {"mode": "whole", "max_batch_size": 1, "max_inflight_batches": 1,
+                                                   "latency_budget_ms": None}},
     "b": {"label": "eager, dynamic batching", "cfg": {"mode": "whole"}},
     "c": {"label": "default: whole, ORT, batch workers", "cfg": {}},
     "d": {"label": "split: parallel encoders, ORT", "cfg": {

@@ -61,21 +61,21 @@ def test_admission_sheds_what_would_outlast_the_budget_or_the_deadline() -> None
         adm.check(ahead=51, deadline_s=1.0)
 
 
-def test_auto_budget_is_three_full_batches_at_the_measured_rate() -> None:
-    adm = Admission.from_config("auto", max_batch_size=32, retry_after_s=1)
+def test_auto_budget_is_one_and_a_half_full_batches_at_the_measured_rate() -> None:
+    adm = Admission.from_config("auto", max_batch_size=64, retry_after_s=1)
     adm.add_stage("model", parallel=2)
     assert adm.budget() is None
     adm.check(ahead=10_000)  # nothing timed yet: only the row bounds apply
-    adm.observe("model", rows=32, run_s=0.064)  # 2 ms a row per slot, 1 ms with two slots
-    assert adm.budget() == pytest.approx(0.096)  # 3 x 32 rows x 1 ms
+    adm.observe("model", rows=64, run_s=0.128)  # 2 ms a row per slot, 1 ms with two slots
+    assert adm.budget() == pytest.approx(0.096)  # 1.5 x 64 rows x 1 ms
     adm.check(ahead=96)
     with pytest.raises(Overloaded, match="97 rows ahead need about 97 ms, more than the latency budget of 96 ms"):
         adm.check(ahead=97)
     slow = Admission.from_config("auto", max_batch_size=32, retry_after_s=1)
     slow.add_stage("model", parallel=2)
     slow.observe("model", rows=8, run_s=1.6)  # a pretrained backbone: 0.1 s a row with two slots
-    slow.check(ahead=60)  # 6 s of work ahead: within 3 batches of this model, not shed
-    assert slow.budget() == pytest.approx(9.6)
+    slow.check(ahead=40)  # 4 s of work ahead: within 1.5 batches of this model, not shed
+    assert slow.budget() == pytest.approx(4.8)
     fast = Admission.from_config("auto", max_batch_size=4, retry_after_s=1)
     fast.add_stage("model", parallel=1)
     fast.observe("model", rows=4, run_s=0.0004)
