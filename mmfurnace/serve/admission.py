@@ -27,7 +27,10 @@ served p99 was 406 ms with 200 ms, 266 ms with 100 ms, at the same goodput (p99 
 AUTO_BATCHES x max_batch_size rows in flight, and an admitted row waits about that many rows'
 service): 3 full batches -> served p99 3.84x the p99 at capacity, goodput 0.79x; 2 -> 3.04x,
 0.77x; 1.5 -> 2.01x, 0.81x, with the same throughput at capacity (1,028 vs 1,025 req/s: its
-rows cost their decoding, which batching does not share).
+rows cost their decoding, which batching does not share). The floor is 100 ms: with
+ServeConfig's max_batch_size (32), 1.5 batches are 48 rows, ~50 ms of this model, and 64 closed-
+loop clients (64 rows in flight, p99 ~100 ms at capacity) then got 503 for 45 of 3,000 requests;
+with the 100-ms floor 14 (3 batches: none). A latency budget sheds what it estimates beyond it.
 
 A request whose estimated wait exceeds ``min(latency budget, its own deadline)`` is refused at
 once (Overloaded -> HTTP 503 + Retry-After) — before its body is parsed or preprocessed — so
@@ -49,7 +52,7 @@ EWMA_WEIGHT = 0.05
 DRAIN_MEMORY = 20
 # latency_budget_ms "auto": this many full batches at the bottleneck's rate, at least the floor.
 AUTO_BATCHES = 1.5
-AUTO_FLOOR_S = 0.050
+AUTO_FLOOR_S = 0.100
 
 
 def _mean(old: float | None, x: float) -> float:

@@ -138,7 +138,7 @@ class ServeConfig(StrictModel):
                         (``X-Request-Timeout-Ms`` header, or v2 ``parameters.timeout`` in
                         microseconds), whichever is shorter. "auto" (default): the time the
                         bottleneck takes to serve 1.5 full batches at its measured drain rate
-                        (at least 50 ms) — 60–70 ms for the demo's model, seconds for one
+                        (at least 100 ms) — 100–120 ms for the demo's model, seconds for one
                         with pretrained backbones, so the budget follows the model instead of a
                         fixed number that sheds a slow model at 3 clients. None: only the queue
                         bounds.

@@ -66,10 +66,10 @@ def test_auto_budget_is_one_and_a_half_full_batches_at_the_measured_rate() -> No
     adm.add_stage("model", parallel=2)
     assert adm.budget() is None
     adm.check(ahead=10_000)  # nothing timed yet: only the row bounds apply
-    adm.observe("model", rows=64, run_s=0.128)  # 2 ms a row per slot, 1 ms with two slots
-    assert adm.budget() == pytest.approx(0.096)  # 1.5 x 64 rows x 1 ms
+    adm.observe("model", rows=64, run_s=0.256)  # 4 ms a row per slot, 2 ms with two slots
+    assert adm.budget() == pytest.approx(0.192)  # 1.5 x 64 rows x 2 ms
     adm.check(ahead=96)
-    with pytest.raises(Overloaded, match="97 rows ahead need about 97 ms, more than the latency budget of 96 ms"):
+    with pytest.raises(Overloaded, match="97 rows ahead need about 194 ms, more than the latency budget of 192 ms"):
         adm.check(ahead=97)
     slow = Admission.from_config("auto", max_batch_size=32, retry_after_s=1)
     slow.add_stage("model", parallel=2)
@@ -79,7 +79,7 @@ def test_auto_budget_is_one_and_a_half_full_batches_at_the_measured_rate() -> No
     fast = Admission.from_config("auto", max_batch_size=4, retry_after_s=1)
     fast.add_stage("model", parallel=1)
     fast.observe("model", rows=4, run_s=0.0004)
-    assert fast.budget() == pytest.approx(0.050)  # the floor
+    assert fast.budget() == pytest.approx(0.100)  # the floor
     assert Admission.from_config(None, 32, 1).budget() is None
     assert Admission.from_config(200, 32, 1).budget() == pytest.approx(0.2)
 
