@@ -25,6 +25,7 @@ from mmfurnace.registry import Registry
 DatasetBuilder = Callable[[DataConfig, str], Dataset]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 TOKENIZER_FILE = "tokenizer.json"
+PACKED_PREPROCESSING = "preprocessing.json"  # written beside the packed arrays (data.prepare)
 
 
 def build_dataset(cfg: DataConfig, split: str) -> Dataset:
@@ -51,7 +52,42 @@ def packed_root(root: Path) -> Path:
 def _packed(cfg: DataConfig, split: str) -> Dataset:
     root = packed_root(cfg.root)
     available = list(read_header(root)["arrays"])
-    return PackedDataset(root, split, modalities=_keep(cfg, available))
+    keep = _keep(cfg, available)
+    check_packed_preprocessing(cfg, root, keep)
+    return PackedDataset(root, split, modalities=keep)
+
+
+def check_packed_preprocessing(cfg: DataConfig, root: Path, modalities: Sequence[str]) -> None:
+    """Raise ConfigError when the packed cache at ``root`` was built with other image/audio
+    settings (or text length) than ``cfg`` asks for: training would read the cache's, while
+    the export records ``cfg``'s for serving — a model served other inputs than it learned on."""
+    import json
+
+    saved_file = root / PACKED_PREPROCESSING
+    if not saved_file.is_file():  # a cache from before the file was written: nothing to compare
+        return
+    saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    wanted = build_preprocessors(cfg, [m for m in modalities if m in ("image", "audio")], manifest=root)
+    diffs = [f"data.{m}.{key}: {value!r} in the config, {saved[m].get(key)!r} in the cache"
+             for m, p in wanted.items() if m in saved
+             for key, value in p.to_dict().items() if _differs(value, saved[m].get(key))]
+    if "text" in modalities and "text" in saved and saved["text"].get("max_length") != cfg.text.max_length:
+        diffs.append(f"data.text.max_length: {cfg.text.max_length} in the config, "
+                     f"{saved['text'].get('max_length')} in the cache")
+    if diffs:
+        raise ConfigError(
+            f"{root} was packed with other preprocessing than this config: {'; '.join(diffs)}. "
+            f"Rebuild it with this config (mmfurnace data build NAME --out {Path(root).parent} "
+            f"--config CONFIG --force), or point data.root at a build made with it"
+        )
+
+
+def _differs(a: object, b: object) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) > 1e-6 * max(1.0, abs(float(a)))
+    return a != b
 
 
 # Built-in datasets (``mmfurnace data build NAME``) are read from their packed cache.

@@ -26,6 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from mmfurnace.data.cache import read_header, verify_packed, write_packed
 from mmfurnace.data.config import DataConfig
+from mmfurnace.data.datasets import PACKED_PREPROCESSING as PREPROCESSING_FILE
 from mmfurnace.data.datasets import TOKENIZER_FILE, build_preprocessors, packed_root
 from mmfurnace.data.manifest import ManifestDataset, read_manifest
 from mmfurnace.errors import ConfigError
@@ -34,7 +35,6 @@ from mmfurnace.registry import Registry
 from mmfurnace.threads import torch_threads
 from mmfurnace.typed_config import parse
 
-PREPROCESSING_FILE = "preprocessing.json"
 BUILTINS: Registry[Callable[..., Path]] = Registry("built-in dataset")
 
 __all__ = [

@@ -130,3 +130,25 @@ def test_build_dataset_packed_and_digits_av(packed: Path) -> None:
         build_dataset(DataConfig(dataset="packed", root=packed / "nope"), "train")
     with pytest.raises(ConfigError, match="unknown dataset"):
         DATASETS["nope"]
+
+
+def test_packed_cache_built_with_other_preprocessing_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from mmfurnace.data.datasets import PACKED_PREPROCESSING, build_preprocessors
+
+    built = DataConfig(dataset="packed", root=tmp_path, modalities=["audio", "image"])
+    settings = {m: p.to_dict() for m, p in build_preprocessors(built, ["audio", "image"], manifest=tmp_path).items()}
+    settings["text"] = {"max_length": built.text.max_length}
+    root = write_packed(tmp_path / "packed", (sample(i) for i in range(N)), info=INFO, splits=["train"] * N,
+                        extra_files={PACKED_PREPROCESSING: json.dumps(settings).encode()})
+    assert len(build_dataset(built, "train")) == N  # the config it was built with
+    other = built.model_copy(update={"audio": built.audio.model_copy(update={"n_mfcc": built.audio.n_mfcc + 4})})
+    with pytest.raises(ConfigError, match=r"data\.audio\.n_mfcc: \d+ in the config, \d+ in the cache.*--force"):
+        build_dataset(other, "train")
+    longer = built.model_copy(update={"modalities": ["text"],
+                                      "text": built.text.model_copy(update={"max_length": 7})})
+    with pytest.raises(ConfigError, match="data.text.max_length: 7 in the config"):
+        build_dataset(longer, "train")
+    (root / PACKED_PREPROCESSING).unlink()  # a cache from before the file: nothing to compare
+    assert len(build_dataset(other, "train")) == N
