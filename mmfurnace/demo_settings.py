@@ -103,7 +103,7 @@ class DemoSettings:
 
 # Measured on 2 cores (README, The demo): the feature cache takes ~6 min of the budget, an
 # epoch of all seven rows on cached features ~15 s under load. One seed, 10 epochs: the seed
-# spread and the 30-epoch accuracies are in the README's table (benchmarks/real_results.py).
+# spread and the 60-epoch accuracies are in the README's table (benchmarks/real_results.py).
 TUXPAINT = DemoSettings(
     dataset="tuxpaint", config=Path("configs/tuxpaint-pretrained.yaml"),
     data_root=Path("data/tuxpaint-224"), seeds=(0,), epochs=10, fusion_epochs=10,

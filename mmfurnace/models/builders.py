@@ -59,6 +59,7 @@ def build_fusion(cfg: ModelConfig, dims: dict[str, int], num_classes: int) -> nn
             rank=cfg.rank,
             tensor_dim=cfg.tensor_dim,
             dropout=cfg.dropout,
+            late_head=cfg.late_head,
         )
     except ConfigError as err:
         raise ConfigError(f"model.fusion: {err}") from None

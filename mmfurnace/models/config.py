@@ -131,6 +131,10 @@ class ModelConfig(StrictModel):
     )  # tensor fusion: each modality is projected to this before the outer product
     proj_dim: int = Field(32, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    late_head: Literal["mlp", "linear"] = Field(
+        "mlp", description="late fusion: each modality's classifier, an MLP (hidden_dim wide) "
+        "or one linear layer (dropout on its input)"
+    )
     feature_norm: FeatureNorm = Field(
         "none", description="each modality's encoder output before the fusion: 'layernorm' "
         "(a LayerNorm per modality), 'standardize' (minus the train split's mean, over its "

@@ -5,7 +5,7 @@ entrypoints). An encoder builder names in its signature what it uses, out of ``i
 ``input_dtype``, ``vocab_size`` and the EncoderConfig settings (``dim``, ``layers``, ``heads``,
 ``dropout``, ``channels``, ``path``, ...), and gets just those; a setting it does not name,
 changed from its default, is a ConfigError. Every fusion builder gets ``dims``, ``num_classes``, ``hidden_dim``,
-``heads``, ``layers``, ``rank``, ``tensor_dim``, ``dropout``. An unknown name raises ConfigError
+``heads``, ``layers``, ``rank``, ``tensor_dim``, ``dropout``, ``late_head``. An unknown name raises ConfigError
 listing the known ones.
 
 ``FUSION_PRUNERS[fusion class name]`` holds how structured pruning narrows that fusion; each

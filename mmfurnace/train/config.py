@@ -15,6 +15,10 @@ class TrainConfig(StrictModel):
     epochs: int = Field(15, gt=0)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
+    encoder_lr: float | None = Field(
+        None, gt=0, description="learning rate of the encoders' trainable blocks (unfreeze_top, "
+        "freeze: false); None: lr. Fine-tuning a pretrained block wants a smaller one"
+    )
     warmup_epochs: float | None = Field(
         None, ge=0, description="linear warmup length in epochs; None: a tenth of the run, at "
         "most one epoch (so a 1-epoch run warms up for 10% of its steps, then decays)"

@@ -62,7 +62,8 @@ def setup_model(
 
 def setup_optimisation(model: nn.Module, tc: TrainConfig, steps_per_epoch: int, device: torch.device) -> Optimisation:
     """AdamW, its warmup + cosine schedule over the whole run, and the precision's scaler."""
-    optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay,
+                                encoder_lr=tc.encoder_lr)
     scheduler = warmup_cosine(
         optimizer,
         warmup_steps=warmup_steps_for(tc.warmup_epochs, steps_per_epoch=steps_per_epoch,

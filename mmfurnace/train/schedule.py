@@ -9,17 +9,29 @@ from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> AdamW:
-    """AdamW; biases and normalisation weights (tensors with < 2 dims) get no weight decay."""
-    decay, no_decay = [], []
+def build_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float, encoder_lr: float | None = None
+) -> AdamW:
+    """AdamW; biases and normalisation weights (tensors with < 2 dims) get no weight decay.
+
+    encoder_lr: the learning rate of the trainable parameters of ``model.encoders`` (the top
+    blocks ``unfreeze_top`` fine-tunes), when it differs from ``lr``; None: ``lr`` for all.
+    A pretrained block fine-tuned at the fusion's rate forgets what it knew within epochs."""
+    encoder_params: set[int] = set()
+    encoders = getattr(model, "encoders", None)
+    if encoder_lr is not None and isinstance(encoders, nn.Module):
+        encoder_params = {id(p) for p in encoders.parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for param in model.parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return AdamW([g for g in groups if g["params"]], lr=lr)
+            groups.setdefault((id(param) in encoder_params, param.ndim >= 2), []).append(param)
+    # without encoder_lr the groups are [decay, no_decay], as checkpoints of earlier runs hold
+    order = [(False, True), (False, False), (True, True), (True, False)]
+    return AdamW(
+        [{"params": groups[key], "weight_decay": weight_decay if key[1] else 0.0,
+          "lr": encoder_lr if key[0] else lr} for key in order if key in groups],
+        lr=lr,
+    )
 
 
 AUTO_WARMUP_SHARE = 0.1  # of the run's steps, when warmup is not set; at most one epoch

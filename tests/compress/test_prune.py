@@ -200,3 +200,19 @@ def test_ignore_leaves_a_part_alone(model):
     prune_(model, ChannelConfig(sparsity=0.5, ignore=("encoders.image",)), example=make_example_batch(INFO, 4, seed=0))
     assert count_params(model.encoders["image"]) == count_params(before)
     assert model.encoders["text"].out_dim == 8
+
+
+def test_channel_pruning_of_late_fusion_with_linear_heads():
+    # linear heads have no hidden width: pruning narrows the encoders and their inputs only
+    torch.manual_seed(0)
+    cfg = tiny_model_config("late", dim=16).model_copy(update={"late_head": "linear"})
+    model = build_model(cfg, INFO).eval()
+    summary = prune_(model, ChannelConfig(sparsity=0.5), example=make_example_batch(INFO, 4, seed=0))
+    widths = summary["widths"]
+    assert all(widths[f"encoders.{m}"] == (16, 8) for m in model.encoders), widths
+    for m, head in model.fusion.heads.items():
+        assert head.fc1.in_features == model.encoders[m].out_dim == 8
+        assert head.fc1.out_features == INFO.num_classes
+    out = model.forward_batch(make_example_batch(INFO, 3, seed=1))
+    assert out.logits.shape == (3, INFO.num_classes)
+    assert out.logits.isfinite().all()

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mmfurnace.errors import ConfigError
 from mmfurnace.models import FUSIONS, FusionOutput
 from mmfurnace.models.fusion import LateFusion, TensorFusion
 from mmfurnace.models.outputs import EncoderOutput
@@ -177,6 +178,34 @@ def test_late_fusion_produces_logits_and_weight_count() -> None:
     assert math.isclose(
         sum(p.numel() for p in fusion.parameters()), 2 * (4 * 4 + 4 + 4 * 5 + 5) + 2
     )
+
+
+def test_late_linear_heads_are_one_linear_layer_per_modality() -> None:
+    modalities = ("audio", "image", "text")
+    fusion = FUSIONS["late"](dims={m: FEATURE_DIMS[m] for m in modalities}, num_classes=NUM_CLASSES,
+                             hidden_dim=16, dropout=0.5, late_head="linear").eval()
+    assert sum(p.numel() for p in fusion.parameters()) == sum(
+        (FEATURE_DIMS[m] + 1) * NUM_CLASSES for m in modalities) + len(modalities)
+    features = make_features(modalities)
+    present = presence(5, modalities)
+    out = fusion(features, present)
+    for m in modalities:  # eval: the input dropout is off, each head is W x + b
+        fc, rows = fusion.heads[m].fc1, present[m]
+        torch.testing.assert_close(out.unimodal_logits[m][rows],
+                                   features[m].pooled[rows] @ fc.weight.T + fc.bias, **TOL)
+    # an absent row's features reach neither the output nor the heads' gradients
+    pooled = features["text"].pooled.detach().requires_grad_(True)
+    features["text"] = EncoderOutput(features["text"].sequence, pooled, features["text"].valid)
+    fusion(features, present).fused.sum().backward()
+    absent = ~present["text"]
+    assert absent.any()
+    assert (pooled.grad[absent] == 0).all()
+    assert (pooled.grad[~absent] != 0).any()
+
+
+def test_late_fusion_rejects_an_unknown_head() -> None:
+    with pytest.raises(ConfigError, match="late fusion head 'deep': use one of mlp, linear"):
+        LateFusion(dims={"audio": 4}, num_classes=2, head="deep")
 
 
 @pytest.mark.parametrize("layers", [1, 2])

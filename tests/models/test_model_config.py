@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from mmfurnace.data.info import DatasetInfo
 from mmfurnace.errors import ConfigError
 from mmfurnace.models import FUSIONS, ModelConfig, build_model
+from mmfurnace.models.builders import build_fusion
 from mmfurnace.models.config import EncoderConfig
 from mmfurnace.typed_config import StrictModel, apply_overrides, parse
 
@@ -60,6 +61,17 @@ def test_unknown_fusion_lists_known_names_and_names_the_field() -> None:
         ConfigError, match=r"model\.fusion: .*unknown fusion 'lat'; known: cross_attention, early"
     ):
         parse(RunConfig, {"model": {"fusion": "lat"}})
+
+
+def test_late_head_reaches_the_fusion_and_is_validated() -> None:
+    cfg = parse(RunConfig, {"model": {"fusion": "late", "late_head": "linear"}}).model
+    fusion = build_fusion(cfg, {"audio": 6, "image": 4}, num_classes=3)
+    assert [type(layer).__name__ for layer in fusion.heads["audio"]] == ["Dropout", "Linear"]
+    assert fusion.heads["audio"].fc1.out_features == 3
+    default = build_fusion(ModelConfig(fusion="late"), {"audio": 6}, num_classes=3)
+    assert default.heads["audio"].fc2.out_features == 3  # the MLP head stays the default
+    with pytest.raises(ConfigError, match=r"model\.late_head"):
+        parse(RunConfig, {"model": {"late_head": "deep"}})
 
 
 def test_unknown_encoder_name_is_rejected() -> None:

@@ -92,3 +92,27 @@ def test_a_warmup_as_long_as_the_run_is_a_config_error():
     with pytest.raises(ConfigError, match=r"train\.warmup_epochs: 1 epochs of warmup cover the whole run"):
         load_run_config(None, ["train.epochs=1", "train.warmup_epochs=1"])
     assert load_run_config(None, ["train.epochs=2", "train.warmup_epochs=1"]).train.warmup_epochs == 1
+
+
+def test_encoder_lr_applies_to_trainable_encoder_parameters_through_the_schedule():
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoders = nn.ModuleDict({"text": nn.Linear(3, 4), "image": nn.Linear(3, 4)})
+            self.head = nn.Linear(4, 2)
+
+    model = Tiny()
+    model.encoders["image"].requires_grad_(False)  # frozen: in no group
+    opt = build_optimizer(model, lr=1e-2, weight_decay=0.1, encoder_lr=1e-4)
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    assert by_param == {
+        id(model.head.weight): (1e-2, 0.1), id(model.head.bias): (1e-2, 0.0),
+        id(model.encoders["text"].weight): (1e-4, 0.1), id(model.encoders["text"].bias): (1e-4, 0.0),
+    }
+    sched = warmup_cosine(opt, warmup_steps=2, total_steps=6)
+    opt.step()
+    sched.step()  # the end of warmup: each group at its own peak
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-2, 1e-2, 1e-4, 1e-4])
+    # without encoder_lr: the two groups of before (decay, no decay), one rate
+    plain = build_optimizer(model, lr=1e-2, weight_decay=0.1)
+    assert [(len(g["params"]), g["lr"]) for g in plain.param_groups] == [(2, 1e-2), (2, 1e-2)]
