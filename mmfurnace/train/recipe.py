@@ -124,7 +124,12 @@ def train(
     env = init_distributed(env, device)
     try:
         with torch_threads(cfg.train.threads):
-            return _train(cfg, env, device, resume=resume, progress=progress, datasets=datasets)
+            result = _train(cfg, env, device, resume=resume, progress=progress, datasets=datasets)
+        # every rank reaches the end before any tears its process group down: a rank that
+        # destroyed it while the other still talked to it aborted once ("terminate called
+        # without an active exception", SIGABRT) in CI's torchrun test on a loaded machine
+        barrier(env)
+        return result
     finally:
         cleanup(env)
 
