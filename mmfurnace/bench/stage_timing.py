@@ -163,9 +163,12 @@ def run_steps(
 
 def frozen_encoders(model: nn.Module) -> list[str]:
     """Modalities whose encoder has parameters and none of them trains."""
-    encoders = getattr(model, "encoders", None) or {}
-    return sorted(m for m, enc in encoders.items()
-                  if any(True for _ in enc.parameters()) and not any(p.requires_grad for p in enc.parameters()))
+    frozen = []
+    for m, encoder in (getattr(model, "encoders", None) or {}).items():
+        params = list(encoder.parameters())
+        if params and not any(p.requires_grad for p in params):
+            frozen.append(m)
+    return sorted(frozen)
 
 
 def _timed_steps(
