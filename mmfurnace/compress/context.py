@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mmfurnace.compress.finetune import training_loss
 from mmfurnace.compress.measure import count_macs, count_params, evaluate_predict, size_on_disk
 from mmfurnace.compress.quantize import export_onnx
 from mmfurnace.compress.runners import OrtPredictor, TorchPredictor
 from mmfurnace.data.batch import Batch
 from mmfurnace.export.int8_format import INT8_FORMATS
+from mmfurnace.train.losses import recipe_loss
 
 FP32 = {"torch": "fp32-torch", "onnxruntime": "fp32-onnxruntime", "openvino": "fp32-openvino"}
 
@@ -82,9 +82,7 @@ class Context:
         return out
 
     def loss(self) -> Any:
-        tc = self.meta.config.train
-        return training_loss(multilabel=self.multilabel, alpha=tc.alpha, beta=tc.beta,
-                             consistency=tc.consistency, temperature=tc.temperature)
+        return recipe_loss(self.meta.config.train, multilabel=self.multilabel)
 
     def fp32_export(self) -> Path:
         if self._fp32_export is None:

@@ -25,6 +25,11 @@ class TrainConfig(StrictModel):
     )
     alpha: float = Field(0.1, ge=0, description="weight of the cross-modal consistency term")
     beta: float = Field(1e-4, ge=0, description="weight of the modality-specific L2 term")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="share of the task target spread over all classes (multi-"
+        "label: each 0/1 target moved that share towards 1/2); the valid and test losses stay "
+        "unsmoothed"
+    )
     consistency: Literal["mse", "infonce"] = "mse"
     temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
     modality_dropout: dict[Modality, Annotated[float, Field(ge=0, lt=1)]] = Field(

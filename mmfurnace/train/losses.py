@@ -32,12 +32,19 @@ class LossParts(NamedTuple):
     regularizer: Tensor
 
 
-def task_loss(logits: Tensor, labels: Tensor, *, multilabel: bool) -> Tensor:
-    """Cross-entropy for single-label classification, BCE-with-logits for multi-label."""
+def task_loss(logits: Tensor, labels: Tensor, *, multilabel: bool, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy for single-label classification, BCE-with-logits for multi-label.
+
+    ``label_smoothing`` e: the single-label target puts 1 - e on the class and e spread evenly
+    over all classes (torch's definition); a multi-label target moves each 0/1 by e/2 towards
+    1/2, the same rule for each binary task."""
     logits = logits.float()
     if multilabel:
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
-    return F.cross_entropy(logits, labels.long())
+        targets = labels.float()
+        if label_smoothing:
+            targets = targets * (1 - label_smoothing) + 0.5 * label_smoothing
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    return F.cross_entropy(logits, labels.long(), label_smoothing=label_smoothing)
 
 
 def _unit_pairs(projected: dict[str, Tensor], present: dict[str, Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
@@ -101,6 +108,7 @@ def total_loss(
     beta: float,
     consistency: str = "mse",
     temperature: float = 0.1,
+    label_smoothing: float = 0.0,
 ) -> LossParts:
     """``task + alpha * consistency + beta * regularizer``; every part returned for logging.
 
@@ -108,7 +116,7 @@ def total_loss(
     A term whose weight is 0 is not computed (it is an exact, detached 0 in the parts): it
     could not change the total or any gradient.
     """
-    task = task_loss(logits, labels, multilabel=multilabel)
+    task = task_loss(logits, labels, multilabel=multilabel, label_smoothing=label_smoothing)
     total = task
     cons = reg = torch.zeros((), device=task.device)
     if alpha != 0:
@@ -129,7 +137,8 @@ LossFn = Callable[[Any, Any, dict[str, Tensor]], Any]  # (model output, batch, p
 
 
 def training_loss(*, multilabel: bool, alpha: float = 0.1, beta: float = 1e-4,
-                  consistency: str = "mse", temperature: float = 0.1) -> LossFn:
+                  consistency: str = "mse", temperature: float = 0.1,
+                  label_smoothing: float = 0.0) -> LossFn:
     """The recipe's loss as ``loss_fn(output, batch, present) -> LossParts``: :func:`total_loss`
     of a ClassifierOutput against ``batch.labels``, with ``present`` the masks the model saw."""
 
@@ -137,10 +146,18 @@ def training_loss(*, multilabel: bool, alpha: float = 0.1, beta: float = 1e-4,
         return total_loss(
             out.logits, batch.labels, projected=out.projected, embeddings=out.embeddings,
             present=present, multilabel=multilabel, alpha=alpha, beta=beta,
-            consistency=consistency, temperature=temperature,
+            consistency=consistency, temperature=temperature, label_smoothing=label_smoothing,
         )
 
     return loss_fn
+
+
+def recipe_loss(tc: Any, *, multilabel: bool) -> LossFn:
+    """:func:`training_loss` with the weights of ``tc`` (a TrainConfig): what training and the
+    compression fine-tunes optimise."""
+    return training_loss(multilabel=multilabel, alpha=tc.alpha, beta=tc.beta,
+                         consistency=tc.consistency, temperature=tc.temperature,
+                         label_smoothing=tc.label_smoothing)
 
 
 def drop_modalities(

@@ -13,7 +13,7 @@ from torch import nn
 
 from mmfurnace.data.batch import Batch
 from mmfurnace.train.config import TrainConfig
-from mmfurnace.train.losses import LossFn, LossParts, drop_modalities, training_loss
+from mmfurnace.train.losses import LossFn, LossParts, drop_modalities, recipe_loss
 from mmfurnace.train.precision import autocast
 
 Stage = Callable[[str], AbstractContextManager[None]]  # stage(name) -> a timed region
@@ -41,8 +41,8 @@ def train_step(
 
     The only training step in mmfurnace: the recipe, the compression fine-tunes and the
     profiler all run it. ``model`` may be DDP-wrapped. ``loss_fn(output, batch, present)``
-    replaces the recipe's loss (:func:`mmfurnace.train.losses.training_loss` of
-    ``multilabel`` and ``tc``'s weights), e.g. a distillation loss; it returns LossParts or a
+    replaces the recipe's loss (:func:`mmfurnace.train.losses.recipe_loss` of ``tc``
+    and ``multilabel``), e.g. a distillation loss; it returns LossParts or a
     scalar. ``params``: what to clip (default: the model's). ``stage``: ``stage(name)`` gives
     a context manager around the "loss", "backward" and "optimizer" parts, for a profiler to
     time them (it times the encoders and the fusion through module hooks). Returns what the
@@ -50,8 +50,7 @@ def train_step(
     """
     if loss_fn is None:
         assert multilabel is not None, "the recipe's loss needs multilabel"
-        loss_fn = training_loss(multilabel=multilabel, alpha=tc.alpha, beta=tc.beta,
-                                consistency=tc.consistency, temperature=tc.temperature)
+        loss_fn = recipe_loss(tc, multilabel=multilabel)
     timed = stage or _untimed
     present = batch.present
     if tc.modality_dropout:

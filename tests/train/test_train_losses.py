@@ -13,6 +13,7 @@ from mmfurnace.train.losses import (
     consistency_mse,
     drop_modalities,
     modality_l2,
+    recipe_loss,
     task_loss,
     total_loss,
 )
@@ -29,6 +30,57 @@ def test_task_loss_cross_entropy_and_bce():
     assert_close(task_loss(logits, torch.tensor([0, 1]), multilabel=False), torch.tensor(math.log(2)))
     multi_hot = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     assert_close(task_loss(logits, multi_hot, multilabel=True), torch.tensor(math.log(2)))
+
+
+def test_label_smoothing_spreads_the_target_over_every_class():
+    """Single-label: (1 - e) * CE(class) + e * mean over classes of -log p; multi-label: each
+    0/1 target moved e/2 towards 1/2. At e = 0 both are the plain losses."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    labels = torch.tensor([0, 2])
+    nll = -torch.log_softmax(logits, dim=1)
+    e = 0.2
+    expected = ((1 - e) * nll[torch.arange(2), labels] + e * nll.mean(1)).mean()
+    assert_close(task_loss(logits, labels, multilabel=False, label_smoothing=e), expected)
+    assert_close(task_loss(logits, labels, multilabel=False, label_smoothing=0.0),
+                 task_loss(logits, labels, multilabel=False))
+    multi_hot = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    moved = torch.tensor([[0.9, 0.1, 0.9], [0.1, 0.1, 0.9]])
+    p = torch.sigmoid(logits)
+    bce = -(moved * p.log() + (1 - moved) * (1 - p).log()).mean()
+    assert_close(task_loss(logits, multi_hot, multilabel=True, label_smoothing=e), bce)
+    # smoothing never rewards certainty: a confident right answer now costs more than 0
+    sure = torch.tensor([[30.0, 0.0, 0.0]])
+    assert task_loss(sure, torch.tensor([0]), multilabel=False) < 1e-6
+    assert task_loss(sure, torch.tensor([0]), multilabel=False, label_smoothing=e) > 1.0
+
+
+def test_recipe_loss_takes_every_weight_from_the_train_config():
+    from types import SimpleNamespace
+
+    from mmfurnace.train.config import TrainConfig
+
+    tc = TrainConfig(alpha=0.5, beta=0.25, label_smoothing=0.3)
+    logits = torch.tensor([[1.0, 0.0, -2.0], [0.0, 3.0, 0.5]])
+    labels = torch.tensor([0, 2])
+    projected = {"a": torch.tensor([[1.0, 0.0], [1.0, 0.0]]), "b": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}
+    embeddings = {"a": torch.ones(2, 2), "b": torch.zeros(2, 2)}
+    present = {"a": mask(T, T), "b": mask(T, T)}
+    out = SimpleNamespace(logits=logits, projected=projected, embeddings=embeddings)
+    parts = recipe_loss(tc, multilabel=False)(out, SimpleNamespace(labels=labels), present)
+    expected = total_loss(logits, labels, projected=projected, embeddings=embeddings,
+                          present=present, multilabel=False, alpha=0.5, beta=0.25,
+                          label_smoothing=0.3)
+    assert_close(parts.total, expected.total)
+    assert_close(parts.task, task_loss(logits, labels, multilabel=False, label_smoothing=0.3))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_label_smoothing_outside_0_1_is_a_config_error(value: float):
+    from mmfurnace.config import load_run_config
+    from mmfurnace.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.label_smoothing"):
+        load_run_config(None, [f"train.label_smoothing={value}"])
 
 
 def test_consistency_mse_only_counts_rows_where_both_are_present():
