@@ -92,19 +92,23 @@ def ensure_data(dataset: str, cfg: Any, args: argparse.Namespace, holdout: str |
 
 def probe_rows(
     cfg: Any, modalities: list[str], seeds: list[int], datasets: Any = None
-) -> tuple[list[dict[str, Any]], float]:
-    """One row per probe; the fit is deterministic, so every seed gives the same numbers."""
+) -> tuple[list[dict[str, Any]], float, Any]:
+    """One row per probe; the fit is deterministic, so every seed gives the same numbers.
+    Also returns the read time and the concatenated probe's ProbeResult (None with one
+    modality), whose test logits the paired comparison reads."""
     from mmfurnace.train.probe import cached_pooled, run_probe
 
     started = time.perf_counter()
     pooled = cached_pooled(cfg, datasets=datasets)
     read_s = time.perf_counter() - started
     sets = [[m] for m in modalities] + ([modalities] if len(modalities) > 1 else [])
-    rows = []
+    rows, concat = [], None
     for chosen in sets:
         started = time.perf_counter()
         result = run_probe(pooled, chosen)
         name = f"probe-{chosen[0]}" if len(chosen) == 1 else "probe-concat"
+        if len(chosen) > 1:
+            concat = (result, pooled["test"].labels if "test" in pooled else None)
         rows.append({
             "name": name, "kind": "probe", "modalities": chosen, "seeds": seeds,
             "accuracy_mean": result.test["accuracy"], "accuracy_std": 0.0,
@@ -113,7 +117,35 @@ def probe_rows(
             "params": result.linear.weight.numel() + result.linear.bias.numel(),
             "train_time_s": time.perf_counter() - started,
         })
-    return rows, read_s
+    return rows, read_s, concat
+
+
+def best_fusion_vs_probe(rows: list[dict[str, Any]], out: Path, concat: Any) -> dict[str, Any] | None:
+    """The best fusion row against the concatenated probe on the same test rows
+    (mmfurnace/train/paired.py): the gap with a 95% bootstrap interval over rows, and the rows
+    only one of them gets right. Reads each seed's test_predictions.npz."""
+    import torch
+
+    from mmfurnace.errors import InputError
+    from mmfurnace.train.paired import correct_rows, paired_accuracy
+    from mmfurnace.train.recipe import read_test_predictions
+
+    fusions = [r for r in rows if r["kind"] == "fusion" and r["accuracy_mean"] is not None]
+    if not fusions or concat is None or concat[0].test_logits is None:
+        return None
+    best = max(fusions, key=lambda r: r["accuracy_mean"])
+    probe, labels = concat
+    try:
+        runs = [read_test_predictions(out / "runs" / best["name"] / f"seed{s}") for s in best["seeds"]]
+        for run in runs:
+            if run["labels"].tolist() != labels.tolist():
+                raise InputError(f"{best['name']}'s saved test labels differ from the probe's: "
+                                 "not the same test rows")
+    except InputError as err:
+        return {"fusion": best["name"], "error": str(err)}
+    fused = torch.stack([correct_rows(torch.from_numpy(r["logits"]), labels) for r in runs])
+    gap = paired_accuracy(fused, correct_rows(probe.test_logits, labels))
+    return {"fusion": best["name"], **gap.as_dict()}
 
 
 def ablation_rows(
@@ -184,9 +216,10 @@ def run_table(cfg: Any, seeds: list[int], out: Path, datasets: Any = None) -> di
     started = time.perf_counter()
     rows = ablation_rows(cfg, modalities, seeds, out, datasets)
     ablation_s = time.perf_counter() - started
-    probes, read_s = probe_rows(cfg, modalities, seeds, datasets)
+    probes, read_s, concat = probe_rows(cfg, modalities, seeds, datasets)
     rows += probes
     return {"root": str(cfg.data.root), "rows": rows, "checks": checks(rows),
+            "best_fusion_vs_probe": best_fusion_vs_probe(rows, out, concat),
             "ablation_s": ablation_s, "probe_read_s": read_s, "feature_cache": feature_stats(out)}
 
 
@@ -231,10 +264,25 @@ def markdown(report: dict[str, Any]) -> str:
                   f"- the best fusion ({_pct(c['best_fusion'])}%) beats the probe on "
                   f"concatenated features ({_pct(c['probe_concat'])}%): "
                   f"**{'yes' if c['best_fusion_beats_probe_concat'] else 'no'}**",
+                  *_paired_line(table.get("best_fusion_vs_probe")),
                   f"- feature cache: {json.dumps(table['feature_cache'])}; all rows trained in "
                   f"{table['ablation_s']:.0f} s; probes read their features in "
                   f"{table['probe_read_s']:.1f} s", ""]
     return "\n".join(lines)
+
+
+def _paired_line(gap: dict[str, Any] | None) -> list[str]:
+    if not gap:
+        return []
+    if "error" in gap:
+        return [f"- {gap['fusion']} vs the probe row by row: not compared ({gap['error']})"]
+    verdict = ("the interval holds 0: the test split cannot tell them apart"
+               if gap["low"] <= 0 <= gap["high"] else "the interval excludes 0")
+    return [f"- {gap['fusion']} − probe on the same {gap['rows']} test rows: "
+            f"{100 * gap['delta']:+.2f} pt, {100 * gap['level']:.0f}% bootstrap interval "
+            f"{100 * gap['low']:+.2f} … {100 * gap['high']:+.2f} pt ({verdict}); rows only "
+            f"{gap['fusion']} gets right {gap['only_a']:.1f}, only the probe {gap['only_b']:.1f} "
+            "(mean over seeds)"]
 
 
 def main(argv: list[str] | None = None) -> int:

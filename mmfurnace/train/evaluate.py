@@ -25,6 +25,7 @@ def evaluate(
     modalities: Sequence[str],
     per_modality: bool = True,
     precision: str = "fp32",
+    outputs: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` over every batch of ``loader``.
 
@@ -40,6 +41,8 @@ def evaluate(
       when ``per_modality`` is False; a modality absent from every row is left out.
 
     Multi-label is ``model.multilabel``. The model's train/eval mode is restored afterwards.
+    ``outputs``, when given, receives the rows themselves in loader order: "logits" (rows,
+    classes) float32 and "labels" (rows,) or (rows, classes), for per-row comparisons.
     """
     multilabel = bool(model.multilabel)
     modalities = sorted(modalities)
@@ -65,6 +68,8 @@ def evaluate(
         return {"samples": 0, "loss": None, "accuracy": None, "micro_f1": None, "macro_f1": None,
                 "consistency": None, "per_modality_accuracy": {}}
     all_logits, all_labels = torch.cat(logits), torch.cat(labels)
+    if outputs is not None:
+        outputs.update(logits=all_logits.float(), labels=all_labels)
     all_present = {m: torch.cat(v) for m, v in present.items()}
     result: dict[str, Any] = {"samples": rows, "loss": loss_sum / rows}
     result.update(classification_metrics(all_logits, all_labels, multilabel=multilabel))

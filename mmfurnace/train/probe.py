@@ -63,8 +63,9 @@ class PooledSplit:
 @dataclass(frozen=True)
 class ProbeResult:
     """A fitted probe: the modalities it reads, the weight decay valid picked, valid and test
-    metrics (accuracy, micro_f1, macro_f1; test empty without a test split) and the valid
-    accuracy of every weight decay tried."""
+    metrics (accuracy, micro_f1, macro_f1; test empty without a test split), the valid
+    accuracy of every weight decay tried, and its test logits (rows in the split's order;
+    None without a test split) for per-row comparisons (mmfurnace/train/paired.py)."""
 
     modalities: tuple[str, ...]
     weight_decay: float
@@ -74,6 +75,7 @@ class ProbeResult:
     linear: nn.Linear
     mean: Tensor
     std: Tensor
+    test_logits: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------- features
@@ -255,9 +257,9 @@ def run_probe(
     _, wd, linear = best
     with torch.no_grad():
         valid_metrics = classification_metrics(linear(x_valid), valid.labels, multilabel=False)
-        test_metrics = {}
+        test_metrics, test_logits = {}, None
         if "test" in splits:
-            x_test = design_matrix(splits["test"], modalities, mean, std)
-            test_metrics = classification_metrics(linear(x_test), splits["test"].labels, multilabel=False)
+            test_logits = linear(design_matrix(splits["test"], modalities, mean, std))
+            test_metrics = classification_metrics(test_logits, splits["test"].labels, multilabel=False)
     return ProbeResult(tuple(modalities), wd, valid_metrics, test_metrics,
-                       dict(sorted(scores.items())), linear, mean, std)
+                       dict(sorted(scores.items())), linear, mean, std, test_logits)

@@ -16,7 +16,8 @@ improved for ``early_stopping_patience`` epochs. Finally the best checkpoint is 
 the test split and ``results.json`` is written. Rank 0 alone logs, saves and evaluates.
 
 Run directory (``train.out_dir``): ``last/``, ``best/`` (checkpoints), ``metrics.jsonl``,
-``tb/`` (TensorBoard), ``results.json``.
+``tb/`` (TensorBoard), ``results.json``, ``test_predictions.npz`` (``best/``'s logits and the
+labels of every test row, in the split's order: :func:`read_test_predictions`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from mmfurnace.errors import InputError
-from mmfurnace.io import write_json_atomic
+from mmfurnace.io import write_atomic, write_json_atomic
 from mmfurnace.models import build_model
 from mmfurnace.models.feature_cache import FeatureCache
 from mmfurnace.threads import torch_threads
@@ -275,12 +276,37 @@ def _test_best(
     cfg: RunConfig, info: Any, modalities: list[str], features: FeatureCache, test: Dataset,
     device: torch.device, pin: bool,
 ) -> dict[str, Any]:
-    """The test metrics of the run's ``best/`` checkpoint."""
+    """The test metrics of the run's ``best/`` checkpoint; its logits go to
+    ``test_predictions.npz``."""
+    out_dir = Path(cfg.train.out_dir)
     best_model = build_model(cfg.model, info, modalities=modalities).to(device)
-    load_weights(best_model, Path(cfg.train.out_dir) / "best")
+    load_weights(best_model, out_dir / "best")
     test_loader = run_loader(cfg, test, modalities, pin)
-    return evaluate(features.view(best_model), test_loader, device, modalities=modalities,
-                    precision=cfg.train.precision)
+    rows: dict[str, torch.Tensor] = {}
+    metrics = evaluate(features.view(best_model), test_loader, device, modalities=modalities,
+                       precision=cfg.train.precision, outputs=rows)
+    if rows:
+        arrays = {k: v.numpy() for k, v in rows.items()}
+        write_atomic(out_dir / TEST_PREDICTIONS, lambda tmp: _savez(tmp, arrays))
+    return metrics
+
+
+TEST_PREDICTIONS = "test_predictions.npz"
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a path
+        np.savez(f, **arrays)
+
+
+def read_test_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """``{"logits", "labels"}`` of a finished run's test split (rows in the split's order)."""
+    path = Path(run_dir) / TEST_PREDICTIONS
+    if not path.is_file():
+        raise InputError(f"{path} is missing: the run has no test split, or predates "
+                         "mmfurnace writing its test predictions")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:

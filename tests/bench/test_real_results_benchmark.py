@@ -42,12 +42,21 @@ def test_table_has_unimodal_fusion_and_probe_rows_and_its_checks(tmp_path: Path)
     assert set(table["feature_cache"]) == {"audio", "image", "text"}
     assert len(list((tmp_path / "cache").iterdir())) == 5
     assert set(table["checks"]) >= {"every_fusion_beats_best_unimodal", "best_fusion_beats_probe_concat"}
+    # the best fusion against the concatenated probe row by row, from its saved predictions
+    gap = table["best_fusion_vs_probe"]
+    best = max((r for r in table["rows"] if r["kind"] == "fusion"), key=lambda r: r["accuracy_mean"])
+    concat = table["rows"][-1]
+    assert gap["fusion"] == best["name"] and gap["rows"] == 12
+    assert gap["delta"] == pytest.approx(best["accuracy_mean"] - concat["accuracy_mean"])
+    assert gap["low"] <= gap["delta"] <= gap["high"]
+    assert gap["only_a"] - gap["only_b"] == pytest.approx(12 * gap["delta"])
     report = {"dataset": "tiny", "config": "tiny.yaml", "seeds": [0], "command": "python x",
               "credit": "none", "tables": {"test split": table},
               "machine": {"cpu": {"model": "cpu", "usable_cores": 2, "isa": {"avx2": True}},
                           "versions": {"torch": "2"}, "load_average": [1.0, 1.0, 1.0]}}
     text = bench.markdown(report)
     assert "| probe-concat (L2 " in text
+    assert f"{best['name']} − probe on the same 12 test rows" in text
     assert "ISA avx2" in text
 
 

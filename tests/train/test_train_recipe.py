@@ -38,7 +38,8 @@ def test_train_writes_checkpoints_logs_and_results(tmp_path):
     result = train(cfg, progress=False, datasets=datasets)
 
     assert result.out_dir == out
-    assert {p.name for p in out.iterdir()} >= {"last", "best", "metrics.jsonl", "tb", "results.json"}
+    assert {p.name for p in out.iterdir()} >= {"last", "best", "metrics.jsonl", "tb", "results.json",
+                                               "test_predictions.npz"}
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
     assert load_checkpoint(out / "last").epoch == 2
 
@@ -67,9 +68,17 @@ def test_train_writes_checkpoints_logs_and_results(tmp_path):
     model, meta = load_model(out / "best")
     assert meta.epoch == results["best_epoch"]
     loader = make_loader(datasets["test"], modalities=meta.info.modalities, batch_size=8, shuffle=False)
-    again = evaluate(model, loader, "cpu", modalities=meta.info.modalities)
+    rows: dict = {}
+    again = evaluate(model, loader, "cpu", modalities=meta.info.modalities, outputs=rows)
     assert again["accuracy"] == test["accuracy"]
     assert again["per_modality_accuracy"] == test["per_modality_accuracy"]
+
+    # the saved test predictions are best/'s logits for the test rows, in order
+    saved = recipe.read_test_predictions(out)
+    assert saved["logits"].shape == (12, 3) and saved["logits"].dtype == "float32"
+    assert saved["labels"].tolist() == [int(s.label) for s in datasets["test"].samples]
+    torch.testing.assert_close(torch.from_numpy(saved["logits"]), rows["logits"])
+    assert (saved["logits"].argmax(1) == saved["labels"]).mean() == pytest.approx(test["accuracy"])
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):

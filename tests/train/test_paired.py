@@ -1,0 +1,65 @@
+"""Paired accuracy comparison on hand-built correctness rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmfurnace.errors import InputError
+from mmfurnace.train.paired import correct_rows, paired_accuracy
+
+
+def test_identical_models_have_no_gap():
+    right = torch.tensor([True, False, True, True, False] * 20)
+    gap = paired_accuracy(right, right, resamples=500)
+    assert gap.delta == 0 and gap.low == 0 and gap.high == 0
+    assert gap.only_a == 0 and gap.only_b == 0 and gap.rows == 100
+
+
+def test_a_clear_gap_excludes_zero_and_counts_the_rows_each_gets_alone():
+    a = torch.ones(200, dtype=torch.bool)
+    b = torch.arange(200) % 2 == 0  # right on half the rows
+    gap = paired_accuracy(a, b, resamples=2000)
+    assert gap.delta == pytest.approx(0.5)
+    assert 0.35 < gap.low < 0.5 < gap.high < 0.65
+    assert (gap.only_a, gap.only_b) == (100, 0)
+
+
+def test_one_row_apart_on_a_small_set_is_undecided():
+    """141 rows, 20 disagreements split 11 / 9: the interval spans 0."""
+    a = torch.zeros(141, dtype=torch.bool)
+    b = torch.zeros(141, dtype=torch.bool)
+    a[:100] = b[:100] = True
+    a[100:111] = True
+    b[111:120] = True
+    gap = paired_accuracy(a, b)
+    assert gap.delta == pytest.approx(2 / 141)
+    assert gap.low < 0 < gap.high
+    assert (gap.only_a, gap.only_b) == (11, 9)
+
+
+def test_runs_of_a_model_are_averaged_before_the_gap():
+    # a: two seeds, right on rows {0,1} and {0,2}; b: one run, right on row 0 only (4 rows)
+    a = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]], dtype=torch.bool)
+    b = torch.tensor([1, 0, 0, 0], dtype=torch.bool)
+    gap = paired_accuracy(a, b, resamples=200)
+    assert gap.delta == pytest.approx(0.5 - 0.25)
+    assert gap.only_a == 1 and gap.only_b == 0
+    again = paired_accuracy(a, b, resamples=200)
+    assert (gap.low, gap.high) == (again.low, again.high)  # seeded: the same interval
+
+
+def test_correct_rows_single_and_multilabel():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0]])
+    assert correct_rows(logits, torch.tensor([0, 0, 0])).tolist() == [True, False, True]
+    multi = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert correct_rows(logits, multi, multilabel=True).tolist() == [True, True, False]
+    seeds = torch.stack([logits, -logits])  # (runs, rows, classes)
+    assert correct_rows(seeds, torch.tensor([0, 1, 0])).tolist() == [[True, True, True], [False, False, False]]
+
+
+@pytest.mark.parametrize("a, b", [(torch.ones(5, dtype=torch.bool), torch.ones(6, dtype=torch.bool)),
+                                  (torch.ones(0, dtype=torch.bool), torch.ones(0, dtype=torch.bool))])
+def test_rows_that_do_not_pair_are_an_input_error(a, b):
+    with pytest.raises(InputError, match="paired comparison"):
+        paired_accuracy(a, b)
