@@ -46,7 +46,8 @@ def test_table_has_unimodal_fusion_and_probe_rows_and_its_checks(tmp_path: Path)
     gap = table["best_fusion_vs_probe"]
     best = max((r for r in table["rows"] if r["kind"] == "fusion"), key=lambda r: r["accuracy_mean"])
     concat = table["rows"][-1]
-    assert gap["fusion"] == best["name"] and gap["rows"] == 12
+    assert gap["fusion"] == best["name"]
+    assert gap["rows"] == 12
     assert gap["delta"] == pytest.approx(best["accuracy_mean"] - concat["accuracy_mean"])
     assert gap["low"] <= gap["delta"] <= gap["high"]
     assert gap["only_a"] - gap["only_b"] == pytest.approx(12 * gap["delta"])

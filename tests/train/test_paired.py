@@ -12,8 +12,8 @@ from mmfurnace.train.paired import correct_rows, paired_accuracy
 def test_identical_models_have_no_gap():
     right = torch.tensor([True, False, True, True, False] * 20)
     gap = paired_accuracy(right, right, resamples=500)
-    assert gap.delta == 0 and gap.low == 0 and gap.high == 0
-    assert gap.only_a == 0 and gap.only_b == 0 and gap.rows == 100
+    assert (gap.delta, gap.low, gap.high) == (0, 0, 0)
+    assert (gap.only_a, gap.only_b, gap.rows) == (0, 0, 100)
 
 
 def test_a_clear_gap_excludes_zero_and_counts_the_rows_each_gets_alone():
@@ -44,7 +44,7 @@ def test_runs_of_a_model_are_averaged_before_the_gap():
     b = torch.tensor([1, 0, 0, 0], dtype=torch.bool)
     gap = paired_accuracy(a, b, resamples=200)
     assert gap.delta == pytest.approx(0.5 - 0.25)
-    assert gap.only_a == 1 and gap.only_b == 0
+    assert (gap.only_a, gap.only_b) == (1, 0)
     again = paired_accuracy(a, b, resamples=200)
     assert (gap.low, gap.high) == (again.low, again.high)  # seeded: the same interval
 
@@ -58,7 +58,7 @@ def test_correct_rows_single_and_multilabel():
     assert correct_rows(seeds, torch.tensor([0, 1, 0])).tolist() == [[True, True, True], [False, False, False]]
 
 
-@pytest.mark.parametrize("a, b", [(torch.ones(5, dtype=torch.bool), torch.ones(6, dtype=torch.bool)),
+@pytest.mark.parametrize(("a", "b"), [(torch.ones(5, dtype=torch.bool), torch.ones(6, dtype=torch.bool)),
                                   (torch.ones(0, dtype=torch.bool), torch.ones(0, dtype=torch.bool))])
 def test_rows_that_do_not_pair_are_an_input_error(a, b):
     with pytest.raises(InputError, match="paired comparison"):

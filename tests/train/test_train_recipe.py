@@ -75,7 +75,8 @@ def test_train_writes_checkpoints_logs_and_results(tmp_path):
 
     # the saved test predictions are best/'s logits for the test rows, in order
     saved = recipe.read_test_predictions(out)
-    assert saved["logits"].shape == (12, 3) and saved["logits"].dtype == "float32"
+    assert saved["logits"].shape == (12, 3)
+    assert saved["logits"].dtype == "float32"
     assert saved["labels"].tolist() == [int(s.label) for s in datasets["test"].samples]
     torch.testing.assert_close(torch.from_numpy(saved["logits"]), rows["logits"])
     assert (saved["logits"].argmax(1) == saved["labels"]).mean() == pytest.approx(test["accuracy"])
