@@ -74,8 +74,11 @@ def paired_accuracy(
     # per-row gap of the run means: the statistic is its mean over rows
     per_row = a2.double().mean(0) - b2.double().mean(0)
     g = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, rows, (resamples, rows), generator=g)
-    boot = per_row[draws].mean(1)
+    # resamples drawn in chunks of ~2 M indices: all at once would hold resamples x rows
+    # int64s (800 MB for a 10,000-row test split)
+    chunk = max(1, 2_000_000 // rows)
+    boot = torch.cat([per_row[torch.randint(0, rows, (min(chunk, resamples - i), rows), generator=g)].mean(1)
+                      for i in range(0, resamples, chunk)])
     tails = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     low, high = torch.quantile(boot, tails).tolist()
     only_a = (a2.unsqueeze(1) & ~b2.unsqueeze(0)).double().sum(-1).mean()
