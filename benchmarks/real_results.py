@@ -23,15 +23,25 @@ never heard in training (``--holdout-speaker``; ``none`` skips it).
 Writes ``<out>/<dataset>/results.json`` and ``results.md`` (the table, the two checks the issue
 asks for -- every fusion above the best unimodal row, the best fusion above the concatenated
 probe -- the feature-cache timings and the machine), beside each ablation's own folder.
+
+A test split of ~140 rows cannot resolve a point between two models. ``--split-seeds 1,2,...``
+(tuxpaint, whose grouped split is drawn from the build seed) runs the best fusion and the
+concatenated probe again on each of those other splits -- the dataset rebuilt with
+``mmfurnace data build tuxpaint --seed K`` into a scratch folder, its features cached there,
+both removed after the split -- and reports the gap per split and over splits (mean, t
+interval, sign test: mmfurnace/train/paired.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +64,14 @@ def variants(modalities: list[str]) -> list[Any]:
 
     rows = [ConfigVariant(f"unimodal-{m}", (f"data.modalities=[{m}]", "model.fusion=late",
                                       "train.modality_dropout={}")) for m in modalities]
-    return rows + [ConfigVariant(f, (f"model.fusion={f}",)) for f in FUSIONS]
+    return rows + [fusion_variant(f) for f in FUSIONS]
+
+
+def fusion_variant(fusion: str) -> Any:
+    """The table's row of one fusion on all modalities."""
+    from mmfurnace.train.ablation import ConfigVariant
+
+    return ConfigVariant(fusion, (f"model.fusion={fusion}",))
 
 
 def check_sources(dataset: str, fsdd: Path, mnist_test: Path) -> None:
@@ -223,6 +240,74 @@ def run_table(cfg: Any, seeds: list[int], out: Path, datasets: Any = None) -> di
             "ablation_s": ablation_s, "probe_read_s": read_s, "feature_cache": feature_stats(out)}
 
 
+# (run config, pre-built splits or None for the config's data.root) of one split seed, the
+# split's data removed when the block ends
+SplitData = Callable[[int], contextlib.AbstractContextManager[tuple[Any, Any]]]
+
+
+def resplit_rows(
+    fusion: str, seeds: list[int], split_seeds: list[int], out: Path, split_data: SplitData
+) -> dict[str, Any]:
+    """``fusion`` (over ``seeds``) and the concatenated probe on each split of
+    ``split_seeds``; a split whose summary is already in ``out/split<K>/summary.json`` is
+    read back, not run again. Returns the splits' rows and the gap over them."""
+    from mmfurnace.errors import MMFurnaceError
+    from mmfurnace.train.ablation import run_ablation
+    from mmfurnace.train.paired import gap_over_splits
+    from mmfurnace.train.probe import cached_pooled, run_probe
+
+    rows = []
+    for k in split_seeds:
+        summary = out / f"split{k}" / "summary.json"
+        if summary.is_file():
+            rows.append(json.loads(summary.read_text(encoding="utf-8")))
+            continue
+        started = time.perf_counter()
+        print(f"split seed {k}: {fusion} over seeds {seeds} and probe-concat", flush=True)
+        with split_data(k) as (cfg, datasets):
+            result = run_ablation(cfg, [fusion_variant(fusion)], seeds=seeds,
+                                  out_dir=out / f"split{k}", progress=False, resume=True,
+                                  datasets=datasets)
+            variant = result.variants[0]
+            if variant.accuracy_mean is None:
+                raise MMFurnaceError(f"split seed {k}: {fusion} failed: {variant.error}")
+            valid = [r.metrics.get("best_valid", {}).get("accuracy") for r in result.runs
+                     if r.status != "failed"]
+            pooled = cached_pooled(cfg, datasets=datasets)
+            probe = run_probe(pooled, sorted(cfg.data.modalities))
+        row = {"split_seed": k, "rows": {s: len(p) for s, p in pooled.items()},
+               "fusion_test": variant.accuracy_mean, "fusion_test_std": variant.accuracy_std,
+               "fusion_valid": statistics.fmean(x for x in valid if x is not None),
+               "probe_test": probe.test["accuracy"], "probe_valid": probe.valid["accuracy"],
+               "probe_weight_decay": probe.weight_decay,
+               "seconds": time.perf_counter() - started}
+        summary.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+        rows.append(row)
+    gap = gap_over_splits([r["fusion_test"] for r in rows], [r["probe_test"] for r in rows])
+    return {"fusion": fusion, "seeds": seeds, "splits": rows, "gap": gap.as_dict()}
+
+
+def tuxpaint_splits(config: Path, overrides: list[str], scratch: Path, keep: bool) -> SplitData:
+    """Split seed K -> tuxpaint built with seed K under ``scratch`` (its feature cache beside
+    it), removed afterwards unless ``keep``."""
+    from mmfurnace.config import load_run_config
+    from mmfurnace.data.prepare import build_builtin
+
+    @contextlib.contextmanager
+    def split_data(k: int) -> Iterator[tuple[Any, Any]]:
+        root = scratch / f"tuxpaint-seed{k}"
+        cfg = load_run_config(config, [*overrides, f"data.root={root}",
+                                       f"train.feature_cache_dir={root / 'features'}"])
+        try:
+            build_builtin("tuxpaint", root, data_cfg=cfg.data, seed=k)
+            yield cfg, None
+        finally:
+            if not keep:
+                shutil.rmtree(root, ignore_errors=True)
+
+    return split_data
+
+
 def _pct(mean: float | None, std: float | None = None) -> str:
     if mean is None:
         return "—"
@@ -268,7 +353,42 @@ def markdown(report: dict[str, Any]) -> str:
                   f"- feature cache: {json.dumps(table['feature_cache'])}; all rows trained in "
                   f"{table['ablation_s']:.0f} s; probes read their features in "
                   f"{table['probe_read_s']:.1f} s", ""]
+    if report.get("resplits"):
+        lines += _resplit_lines(report["resplits"])
     return "\n".join(lines)
+
+
+def _resplit_lines(resplits: dict[str, Any]) -> list[str]:
+    fusion, gap = resplits["fusion"], resplits["gap"]
+    lines = [f"## {fusion} vs probe-concat on {gap['splits']} other grouped splits", "",
+             "Each split is the dataset built again with another seed "
+             "(`mmfurnace data build tuxpaint --seed K`): other stamps in train, valid and "
+             f"test; {fusion} over seeds {', '.join(map(str, resplits['seeds']))}.", "",
+             f"| split seed | train / valid / test rows | {fusion} test % | probe-concat test % "
+             f"(L2) | gap pt | {fusion} valid % | probe valid % |",
+             "|---|---|---|---|---|---|---|"]
+    for r in resplits["splits"]:
+        n = r["rows"]
+        lines.append(
+            f"| {r['split_seed']} | {n.get('train')} / {n.get('valid')} / {n.get('test')} "
+            f"| {_pct(r['fusion_test'], r['fusion_test_std'])} | {_pct(r['probe_test'])} "
+            f"({r['probe_weight_decay']:g}) | {100 * (r['fusion_test'] - r['probe_test']):+.2f} "
+            f"| {_pct(r['fusion_valid'])} | {_pct(r['probe_valid'])} |")
+    interval = ("" if gap["low"] is None else
+                f", {100 * gap['level']:.0f}% t interval {100 * gap['low']:+.2f} … "
+                f"{100 * gap['high']:+.2f} pt")
+    if gap["low"] is None:
+        verdict = "one split: no interval"
+    elif gap["low"] > 0:
+        verdict = f"{fusion} is ahead beyond the spread of splits"
+    elif gap["high"] < 0:
+        verdict = "the probe is ahead beyond the spread of splits"
+    else:
+        verdict = "the interval holds 0: no difference resolved"
+    lines += ["", f"- {fusion} − probe over splits: mean {100 * gap['mean']:+.2f} pt{interval} "
+                  f"({verdict}); {fusion} ahead on {gap['wins']}, behind on {gap['losses']}, "
+                  f"level on {gap['ties']} splits (sign test p = {gap['sign_p']:.2f})", ""]
+    return lines
 
 
 def _paired_line(gap: dict[str, Any] | None) -> list[str]:
@@ -298,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="fsdd-mnist: images per class and source (0: all 20,000)")
     parser.add_argument("--holdout-speaker", default="george",
                         help="fsdd-mnist: the speaker of the held-out table ('none' skips it)")
+    parser.add_argument("--split-seeds", default="",
+                        help="tuxpaint: also run the best fusion and probe-concat on the dataset "
+                        "built with each of these seeds (other grouped splits), e.g. 1,2,3,4,5")
+    parser.add_argument("--split-scratch", type=Path, default=None,
+                        help="where the re-split builds go (default <out>/<dataset>/split-data); "
+                        "each is removed after its split unless --keep-split-data")
+    parser.add_argument("--keep-split-data", action="store_true")
     parser.add_argument("-o", "--override", action="append", default=[],
                         help="dotted override of the run config, e.g. train.epochs=20")
     args = parser.parse_args(argv)
@@ -310,7 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset
     config = args.config or Path(f"configs/{dataset}-pretrained.yaml")
     seeds = [int(s) for s in args.seeds.split(",")]
+    split_seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
     out = args.out / dataset
+    if split_seeds and dataset != "tuxpaint":
+        raise SystemExit(f"error: --split-seeds: {dataset}'s test split is fixed (fsdd-mnist "
+                         "tests on takes 0-4, its official split); only tuxpaint draws its split "
+                         "from a seed")
+    resplits = None
     try:
         check_sources(dataset, args.fsdd, args.mnist_test)
         cfg = load_run_config(config, args.override)
@@ -323,12 +456,21 @@ def main(argv: list[str] | None = None) -> int:
             ensure_data(dataset, held, args, holdout)
             tables[f"speaker {holdout} held out (test = only his clips, never heard in training)"] = (
                 run_table(held, seeds, out / f"holdout-{holdout}"))
+        best = tables["test split"]["checks"]["best_fusion"]
+        if split_seeds and best is not None:
+            fusion = next(r["name"] for r in tables["test split"]["rows"]
+                          if r["kind"] == "fusion" and r["accuracy_mean"] == best)
+            scratch = args.split_scratch or out / "split-data"
+            resplits = resplit_rows(fusion, seeds, split_seeds, out / "resplits",
+                                    tuxpaint_splits(config, args.override, scratch,
+                                                    args.keep_split_data))
     except MMFurnaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     report = {"dataset": dataset, "config": str(config), "seeds": seeds,
               "command": " ".join(["python benchmarks/real_results.py", *(argv or sys.argv[1:])]),
-              "credit": CREDIT[dataset], "tables": tables, "machine": machine_info()}
+              "credit": CREDIT[dataset], "tables": tables, "resplits": resplits,
+              "machine": machine_info()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     text = markdown(report)

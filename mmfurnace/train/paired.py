@@ -10,10 +10,19 @@ interval, plus the rows only one of the two gets right.
     a = correct_rows(logits_a, labels)          # (seeds, rows) bool, or (rows,) for one run
     b = correct_rows(probe_logits, labels)
     gap = paired_accuracy(a, b)                 # gap.delta, gap.low, gap.high (fractions)
+
+When the test split is too small to tell, more rows come from other splits of the same data:
+:func:`gap_over_splits` takes the two models' accuracies on several independent re-splits
+(each a fresh train/valid/test partition) and reports the mean gap with a Student-t interval
+over splits and a sign test of how often the first model is ahead.
+
+    over = gap_over_splits([0.82, 0.86, ...], [0.80, 0.85, ...])   # over.mean, over.low, ...
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -85,3 +94,55 @@ def paired_accuracy(
     only_b = (b2.unsqueeze(0) & ~a2.unsqueeze(1)).double().sum(-1).mean()
     return PairedGap(float(per_row.mean()), float(low), float(high), level, float(only_a),
                      float(only_b), rows, resamples)
+
+
+@dataclass(frozen=True)
+class SplitsGap:
+    """accuracy(a) - accuracy(b) over independent re-splits of one dataset.
+
+    mean, sd: the gap's mean and sample standard deviation over splits; low, high: the
+    ``level`` Student-t interval of the mean (None with one split); wins / losses / ties:
+    splits where a is ahead / behind / level; sign_p: two-sided exact sign test of wins
+    against losses (ties dropped; 1.0 when every split ties)."""
+
+    mean: float
+    sd: float | None
+    low: float | None
+    high: float | None
+    level: float
+    splits: int
+    wins: int
+    losses: int
+    ties: int
+    sign_p: float
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def gap_over_splits(a: Sequence[float], b: Sequence[float], *, level: float = 0.95) -> SplitsGap:
+    """Gap between two models' accuracies on the same re-splits (``a[i]``, ``b[i]``: split
+    i's test accuracy of each, a model's mean over its seeds). Splits are independent draws
+    of the partition, so their gaps are treated as i.i.d.: t interval, exact sign test."""
+    from scipy import stats
+
+    if len(a) != len(b) or not a:
+        raise InputError(f"gap over splits needs one accuracy per split for both models: "
+                         f"{len(a)} and {len(b)}")
+    if not 0 < level < 1:
+        raise InputError(f"gap over splits: level {level} must be in (0, 1)")
+    gaps = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    n = len(gaps)
+    mean = math.fsum(gaps) / n
+    sd = low = high = None
+    if n > 1:
+        sd = math.sqrt(math.fsum((g - mean) ** 2 for g in gaps) / (n - 1))
+        half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+        low, high = mean - half, mean + half
+    # a gap under 1e-9 is the same accuracy written twice
+    wins = sum(g > 1e-9 for g in gaps)
+    losses = sum(g < -1e-9 for g in gaps)
+    decided = wins + losses
+    sign_p = 1.0 if decided == 0 else float(
+        stats.binomtest(wins, decided, 0.5, alternative="two-sided").pvalue)
+    return SplitsGap(mean, sd, low, high, level, n, wins, losses, n - decided, sign_p)

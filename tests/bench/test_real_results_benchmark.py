@@ -85,3 +85,50 @@ def test_missing_fsdd_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
     bench = load_benchmark("real_results")
     with pytest.raises(SystemExit, match="fsdd.*Free Spoken Digit Dataset.*--fsdd"):
         bench.main(["--dataset", "fsdd-mnist", "--fsdd", str(tmp_path / "nowhere")])
+
+
+def test_resplits_run_the_fusion_and_the_probe_per_split_and_read_finished_splits_back(
+    tmp_path: Path,
+) -> None:
+    import contextlib
+
+    bench = load_benchmark("real_results")
+    cfg = tiny_run_config(tmp_path / "unused", fusion="late", epochs=1,
+                          feature_cache_dir=tmp_path / "cache")
+    for encoder in cfg.model.encoders.values():
+        encoder.freeze = True
+    opened, closed = [], []
+
+    @contextlib.contextmanager
+    def split_data(k: int):
+        opened.append(k)
+        try:  # another split: other rows in each part
+            yield cfg, tiny_datasets(20 + 4 * k, 12, 8 + 4 * k)
+        finally:
+            closed.append(k)
+
+    out = tmp_path / "resplits"
+    result = bench.resplit_rows("late", [0], [1, 2], out, split_data)
+    assert (opened, closed) == ([1, 2], [1, 2])
+    assert [r["split_seed"] for r in result["splits"]] == [1, 2]
+    assert [r["rows"]["test"] for r in result["splits"]] == [12, 16]
+    gaps = [r["fusion_test"] - r["probe_test"] for r in result["splits"]]
+    assert result["gap"]["mean"] == pytest.approx(sum(gaps) / 2)
+    assert result["gap"]["splits"] == 2
+    assert result["gap"]["wins"] + result["gap"]["losses"] + result["gap"]["ties"] == 2
+    for r in result["splits"]:
+        assert 0.0 <= r["fusion_test"] <= 1.0 and 0.0 <= r["probe_test"] <= 1.0
+        assert (out / f"split{r['split_seed']}" / "runs" / "late" / "seed0").is_dir()
+    # finished splits are read back from their summaries: no data opened again
+    again = bench.resplit_rows("late", [0], [1, 2], out, split_data)
+    assert opened == [1, 2]
+    assert again["splits"] == result["splits"]
+    text = bench._resplit_lines(result)
+    assert "## late vs probe-concat on 2 other grouped splits" in text
+    assert any(line.startswith("- late − probe over splits: mean ") for line in text)
+
+
+def test_split_seeds_are_refused_for_fsdd_mnist_whose_test_split_is_fixed() -> None:
+    bench = load_benchmark("real_results")
+    with pytest.raises(SystemExit, match="split-seeds.*fixed.*only tuxpaint"):
+        bench.main(["--dataset", "fsdd-mnist", "--split-seeds", "1,2"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmfurnace.errors import InputError
-from mmfurnace.train.paired import correct_rows, paired_accuracy
+from mmfurnace.train.paired import correct_rows, gap_over_splits, paired_accuracy
 
 
 def test_identical_models_have_no_gap():
@@ -63,3 +63,36 @@ def test_correct_rows_single_and_multilabel():
 def test_rows_that_do_not_pair_are_an_input_error(a, b):
     with pytest.raises(InputError, match="paired comparison"):
         paired_accuracy(a, b)
+
+
+def test_gap_over_splits_matches_a_hand_computed_t_interval_and_sign_test():
+    """gaps 2, 1, -1, 4 pt: mean 1.5, sd sqrt(13/3) = 2.0817, t(0.975, 3) = 3.1824 -> half
+    width 3.3124 pt; 3 wins, 1 loss -> p = 2 * (1 + 4) / 16 = 0.625."""
+    over = gap_over_splits([0.82, 0.81, 0.79, 0.84], [0.80, 0.80, 0.80, 0.80])
+    assert over.mean == pytest.approx(0.015)
+    assert over.sd == pytest.approx(0.020817, abs=1e-6)
+    assert over.low == pytest.approx(0.015 - 0.033124, abs=1e-6)
+    assert over.high == pytest.approx(0.015 + 0.033124, abs=1e-6)
+    assert (over.splits, over.wins, over.losses, over.ties) == (4, 3, 1, 0)
+    assert over.sign_p == pytest.approx(0.625)
+
+
+def test_gap_over_splits_ahead_on_every_split_is_decided():
+    a = [0.85, 0.86, 0.84, 0.87, 0.85, 0.86, 0.85, 0.86, 0.84, 0.85]
+    over = gap_over_splits(a, [x - 0.03 for x in a])
+    assert over.low > 0
+    assert over.wins == 10
+    assert over.sign_p == pytest.approx(2 / 2**10)
+
+
+def test_gap_over_one_split_has_no_interval_and_ties_count_apart():
+    over = gap_over_splits([0.8], [0.8])
+    assert (over.mean, over.sd, over.low, over.high) == (0, None, None, None)
+    assert (over.ties, over.sign_p) == (1, 1.0)
+
+
+def test_gap_over_splits_needs_one_accuracy_per_split_for_both():
+    with pytest.raises(InputError, match="one accuracy per split"):
+        gap_over_splits([0.8, 0.9], [0.8])
+    with pytest.raises(InputError, match="one accuracy per split"):
+        gap_over_splits([], [])
