@@ -117,7 +117,8 @@ def test_resplits_run_the_fusion_and_the_probe_per_split_and_read_finished_split
     assert result["gap"]["splits"] == 2
     assert result["gap"]["wins"] + result["gap"]["losses"] + result["gap"]["ties"] == 2
     for r in result["splits"]:
-        assert 0.0 <= r["fusion_test"] <= 1.0 and 0.0 <= r["probe_test"] <= 1.0
+        assert 0.0 <= r["fusion_test"] <= 1.0
+        assert 0.0 <= r["probe_test"] <= 1.0
         assert (out / f"split{r['split_seed']}" / "runs" / "late" / "seed0").is_dir()
     # finished splits are read back from their summaries: no data opened again
     again = bench.resplit_rows("late", [0], [1, 2], out, split_data)
