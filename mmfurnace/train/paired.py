@@ -139,9 +139,9 @@ def gap_over_splits(a: Sequence[float], b: Sequence[float], *, level: float = 0.
         sd = math.sqrt(math.fsum((g - mean) ** 2 for g in gaps) / (n - 1))
         half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
         low, high = mean - half, mean + half
-    # a gap under 1e-9 is the same accuracy written twice
-    wins = sum(g > 1e-9 for g in gaps)
-    losses = sum(g < -1e-9 for g in gaps)
+    # accuracies come as float32 shares: a gap under 1e-6 is the same accuracy rounded twice
+    wins = sum(g > 1e-6 for g in gaps)
+    losses = sum(g < -1e-6 for g in gaps)
     decided = wins + losses
     sign_p = 1.0 if decided == 0 else float(
         stats.binomtest(wins, decided, 0.5, alternative="two-sided").pvalue)

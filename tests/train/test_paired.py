@@ -89,6 +89,9 @@ def test_gap_over_one_split_has_no_interval_and_ties_count_apart():
     over = gap_over_splits([0.8], [0.8])
     assert (over.mean, over.sd, over.low, over.high) == (0, None, None, None)
     assert (over.ties, over.sign_p) == (1, 1.0)
+    # float32 shares of the same rows: 114/141 as a seed mean and as one fit differ in the 8th digit
+    same = gap_over_splits([float(torch.tensor(114 / 141, dtype=torch.float32))], [114 / 141])
+    assert (same.wins, same.losses, same.ties) == (0, 0, 1)
 
 
 def test_gap_over_splits_needs_one_accuracy_per_split_for_both():
