@@ -86,7 +86,9 @@ def cached_pooled(
 ) -> dict[str, PooledSplit]:
     """Pooled features of every split of ``cfg.data`` (or ``datasets``) from the feature cache
     entries of ``cfg.model``'s encoders, which must all be frozen; entries missing are built
-    (``build=False``: an InputError). Runs only the hashing when the recipe built them."""
+    (``build=False``: an InputError). Runs only the hashing when the recipe built them.
+    An encoder with ``unfreeze_top`` is read wholly frozen: the probe is the baseline on the
+    pretrained features, before the fine-tuning that the config's own runs do."""
     from mmfurnace.data.datasets import build_dataset
     from mmfurnace.data.subset import restrict_modalities
 
@@ -94,6 +96,8 @@ def cached_pooled(
         s: build_dataset(cfg.data, s) for s in SPLITS
     }
     splits = restrict_modalities(splits, cfg.data.modalities)
+    encoders = {m: e.model_copy(update={"unfreeze_top": 0}) for m, e in cfg.model.encoders.items()}
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": encoders})})
     model = seeded_model(cfg, splits["train"].info)  # type: ignore[attr-defined]
     with torch_threads(cfg.train.feature_threads):
         return pooled_features(model, splits, cache_dir=cfg.train.feature_cache_dir,
@@ -124,7 +128,7 @@ def pooled_features(
     if thawed:
         raise ConfigError(
             f"a probe reads frozen encoders' cached features; model.encoders.{thawed[0]} is "
-            f"trainable: set model.encoders.{thawed[0]}.freeze=true (and no unfreeze_top)"
+            f"trainable: set model.encoders.{thawed[0]}.freeze=true"
         )
     if model.multilabel:
         raise ConfigError("the logistic-regression probe is single-label; this dataset is multi-label")

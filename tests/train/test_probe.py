@@ -149,6 +149,12 @@ def test_cached_pooled_reuses_the_recipe_cache_and_rejects_trainable_encoders(tm
     fresh = cached_pooled(cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"feature_cache_dir": tmp_path / "other"})}), datasets=splits)  # builds anew
     torch.testing.assert_close(fresh["test"].features["image"], pooled["test"].features["image"])
+    # a config that fine-tunes the top blocks is probed on the wholly frozen encoder's features
+    tuned = cfg.model_copy(deep=True)
+    tuned.model.encoders["text"].unfreeze_top = 1
+    torch.testing.assert_close(cached_pooled(tuned, datasets=splits, build=False)["test"].features,
+                               pooled["test"].features)
+    assert tuned.model.encoders["text"].unfreeze_top == 1  # the caller's config is left alone
     cfg.model.encoders["text"].freeze = False
     with pytest.raises(ConfigError, match=r"model\.encoders\.text"):
         cached_pooled(cfg, datasets=splits)
