@@ -174,18 +174,23 @@ def ablation_rows(
                           resume=True, datasets=datasets)
     rows = []
     for v in result.variants:
-        valid = [r.metrics.get("best_valid", {}).get("accuracy") for r in result.runs
-                 if r.variant == v.name and r.status != "failed"]
-        valid = [x for x in valid if isinstance(x, (int, float))]
         rows.append({
             "name": v.name, "kind": "unimodal" if v.name.startswith("unimodal-") else "fusion",
             "modalities": v.modalities, "seeds": v.seeds_ok, "status": v.status, "error": v.error,
             "accuracy_mean": v.accuracy_mean, "accuracy_std": v.accuracy_std,
             "macro_f1_mean": v.macro_f1_mean, "macro_f1_std": v.macro_f1_std,
-            "valid_accuracy": statistics.fmean(valid) if valid else None,
+            "valid_accuracy": valid_mean(result, v.name),
             "params": v.params, "train_time_s": v.train_time_s,
         })
     return rows
+
+
+def valid_mean(result: Any, variant: str) -> float | None:
+    """Mean over ``variant``'s finished runs of their best valid accuracy (None: no run)."""
+    valid = [r.metrics.get("best_valid", {}).get("accuracy") for r in result.runs
+             if r.variant == variant and r.status != "failed"]
+    valid = [x for x in valid if isinstance(x, (int, float))]
+    return statistics.fmean(valid) if valid else None
 
 
 def feature_stats(out: Path) -> dict[str, Any]:
@@ -252,6 +257,7 @@ def resplit_rows(
     ``split_seeds``; a split whose summary is already in ``out/split<K>/summary.json`` is
     read back, not run again. Returns the splits' rows and the gap over them."""
     from mmfurnace.errors import MMFurnaceError
+    from mmfurnace.io import write_json_atomic
     from mmfurnace.train.ablation import run_ablation
     from mmfurnace.train.paired import gap_over_splits
     from mmfurnace.train.probe import cached_pooled, run_probe
@@ -271,17 +277,15 @@ def resplit_rows(
             variant = result.variants[0]
             if variant.accuracy_mean is None:
                 raise MMFurnaceError(f"split seed {k}: {fusion} failed: {variant.error}")
-            valid = [r.metrics.get("best_valid", {}).get("accuracy") for r in result.runs
-                     if r.status != "failed"]
             pooled = cached_pooled(cfg, datasets=datasets)
             probe = run_probe(pooled, sorted(cfg.data.modalities))
         row = {"split_seed": k, "rows": {s: len(p) for s, p in pooled.items()},
                "fusion_test": variant.accuracy_mean, "fusion_test_std": variant.accuracy_std,
-               "fusion_valid": statistics.fmean(x for x in valid if x is not None),
+               "fusion_valid": valid_mean(result, fusion),
                "probe_test": probe.test["accuracy"], "probe_valid": probe.valid["accuracy"],
                "probe_weight_decay": probe.weight_decay,
                "seconds": time.perf_counter() - started}
-        summary.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(summary, row)  # a split cut short leaves no half summary to read back
         rows.append(row)
     gap = gap_over_splits([r["fusion_test"] for r in rows], [r["probe_test"] for r in rows])
     return {"fusion": fusion, "seeds": seeds, "splits": rows, "gap": gap.as_dict()}
