@@ -29,7 +29,10 @@ A test split of ~140 rows cannot resolve a point between two models. ``--split-s
 concatenated probe again on each of those other splits -- the dataset rebuilt with
 ``mmfurnace data build tuxpaint --seed K`` into a scratch folder, its features cached there,
 both removed after the split -- and reports the gap per split and over splits (mean, t
-interval, sign test: mmfurnace/train/paired.py).
+interval, sign test: mmfurnace/train/paired.py). ``--cv-folds 5`` does the same on the five
+builds of a cross-validation (``-o folds=5 -o fold=K``: fold K tested, fold K+1 validated on),
+whose test splits hold every stamp once, and also compares the two on all those test rows
+at once (a bootstrap over rows, as for the test split).
 """
 
 from __future__ import annotations
@@ -143,9 +146,8 @@ def best_fusion_vs_probe(rows: list[dict[str, Any]], out: Path, concat: Any) -> 
     only one of them gets right. Reads each seed's test_predictions.npz."""
     import torch
 
-    from mmfurnace.errors import InputError
+    from mmfurnace.errors import MMFurnaceError
     from mmfurnace.train.paired import correct_rows, paired_accuracy
-    from mmfurnace.train.recipe import read_test_predictions
 
     fusions = [r for r in rows if r["kind"] == "fusion" and r["accuracy_mean"] is not None]
     if not fusions or concat is None or concat[0].test_logits is None:
@@ -153,14 +155,10 @@ def best_fusion_vs_probe(rows: list[dict[str, Any]], out: Path, concat: Any) -> 
     best = max(fusions, key=lambda r: r["accuracy_mean"])
     probe, labels = concat
     try:
-        runs = [read_test_predictions(out / "runs" / best["name"] / f"seed{s}") for s in best["seeds"]]
-        for run in runs:
-            if run["labels"].tolist() != labels.tolist():
-                raise InputError(f"{best['name']}'s saved test labels differ from the probe's: "
-                                 "not the same test rows")
-    except InputError as err:
+        logits = _test_logits(out, best["name"], best["seeds"], labels)
+    except MMFurnaceError as err:
         return {"fusion": best["name"], "error": str(err)}
-    fused = torch.stack([correct_rows(torch.from_numpy(r["logits"]), labels) for r in runs])
+    fused = torch.stack([correct_rows(x, labels) for x in logits])
     gap = paired_accuracy(fused, correct_rows(probe.test_logits, labels))
     return {"fusion": best["name"], **gap.as_dict()}
 
@@ -251,59 +249,98 @@ SplitData = Callable[[int], contextlib.AbstractContextManager[tuple[Any, Any]]]
 
 
 def resplit_rows(
-    fusion: str, seeds: list[int], split_seeds: list[int], out: Path, split_data: SplitData
+    fusion: str, seeds: list[int], splits: list[int], out: Path, split_data: SplitData,
+    *, folds: bool = False,
 ) -> dict[str, Any]:
-    """``fusion`` (over ``seeds``) and the concatenated probe on each split of
-    ``split_seeds``; a split whose summary is already in ``out/split<K>/summary.json`` is
-    read back, not run again. Returns the splits' rows and the gap over them."""
+    """``fusion`` (over ``seeds``) and the concatenated probe on each of ``splits`` (split
+    seeds, or with ``folds`` the folds of a cross-validation); a split whose summary is already
+    in ``out/split<K>/summary.json`` is read back, not run again. Returns the splits' rows and
+    the gap over them; for folds, whose test rows are each tested once, also the row-by-row gap
+    pooled over every fold's test rows (mmfurnace/train/paired.py)."""
     from mmfurnace.errors import MMFurnaceError
     from mmfurnace.io import write_json_atomic
     from mmfurnace.train.ablation import run_ablation
-    from mmfurnace.train.paired import gap_over_splits
+    from mmfurnace.train.paired import correct_rows, gap_over_splits, paired_accuracy
     from mmfurnace.train.probe import cached_pooled, run_probe
 
     rows = []
-    for k in split_seeds:
+    for k in splits:
         summary = out / f"split{k}" / "summary.json"
         if summary.is_file():
             rows.append(json.loads(summary.read_text(encoding="utf-8")))
             continue
         started = time.perf_counter()
-        print(f"split seed {k}: {fusion} over seeds {seeds} and probe-concat", flush=True)
+        print(f"{'fold' if folds else 'split seed'} {k}: {fusion} over seeds {seeds} and "
+              "probe-concat", flush=True)
         with split_data(k) as (cfg, datasets):
             result = run_ablation(cfg, [fusion_variant(fusion)], seeds=seeds,
                                   out_dir=out / f"split{k}", progress=False, resume=True,
                                   datasets=datasets)
             variant = result.variants[0]
             if variant.accuracy_mean is None:
-                raise MMFurnaceError(f"split seed {k}: {fusion} failed: {variant.error}")
+                raise MMFurnaceError(f"split {k}: {fusion} failed: {variant.error}")
             pooled = cached_pooled(cfg, datasets=datasets)
             probe = run_probe(pooled, sorted(cfg.data.modalities))
-        row = {"split_seed": k, "rows": {s: len(p) for s, p in pooled.items()},
+        labels = pooled["test"].labels
+        row = {"split": k, "rows": {s: len(p) for s, p in pooled.items()},
                "fusion_test": variant.accuracy_mean, "fusion_test_std": variant.accuracy_std,
                "fusion_valid": valid_mean(result, fusion),
                "probe_test": probe.test["accuracy"], "probe_valid": probe.valid["accuracy"],
                "probe_weight_decay": probe.weight_decay,
+               # per test row, 1 = right: fusion per seed, then the probe
+               "fusion_correct": [correct_rows(logits, labels).int().tolist()
+                                  for logits in _test_logits(out / f"split{k}", fusion, seeds, labels)],
+               "probe_correct": correct_rows(probe.test_logits, labels).int().tolist(),
                "seconds": time.perf_counter() - started}
         write_json_atomic(summary, row)  # a split cut short leaves no half summary to read back
         rows.append(row)
     gap = gap_over_splits([r["fusion_test"] for r in rows], [r["probe_test"] for r in rows])
-    return {"fusion": fusion, "seeds": seeds, "splits": rows, "gap": gap.as_dict()}
+    report = {"fusion": fusion, "seeds": seeds, "kind": "folds" if folds else "seeds",
+              "splits": rows, "gap": gap.as_dict()}
+    if folds:
+        import torch
+
+        fused = torch.cat([torch.tensor(r["fusion_correct"], dtype=torch.bool) for r in rows], 1)
+        probe_rows = torch.cat([torch.tensor(r["probe_correct"], dtype=torch.bool) for r in rows])
+        report["pooled"] = {"fusion": fusion, **paired_accuracy(fused, probe_rows).as_dict()}
+    return report
 
 
-def tuxpaint_splits(config: Path, overrides: list[str], scratch: Path, keep: bool) -> SplitData:
-    """Split seed K -> tuxpaint built with seed K under ``scratch`` (its feature cache beside
-    it), removed afterwards unless ``keep``."""
+def _test_logits(run_root: Path, fusion: str, seeds: list[int], labels: Any) -> list[Any]:
+    """Each seed's saved test logits of ``fusion`` under ``run_root``, checked to be on the
+    rows of ``labels``."""
+    import torch
+
+    from mmfurnace.errors import MMFurnaceError
+    from mmfurnace.train.recipe import read_test_predictions
+
+    logits = []
+    for s in seeds:
+        saved = read_test_predictions(run_root / "runs" / fusion / f"seed{s}")
+        if saved["labels"].tolist() != labels.tolist():
+            raise MMFurnaceError(f"{run_root}: {fusion} seed {s}'s saved test labels differ "
+                                 "from the probe's: not the same test rows")
+        logits.append(torch.from_numpy(saved["logits"]))
+    return logits
+
+
+def tuxpaint_splits(
+    config: Path, overrides: list[str], scratch: Path, keep: bool, *, folds: int | None = None
+) -> SplitData:
+    """Split K -> tuxpaint built under ``scratch`` (its feature cache beside it), removed
+    afterwards unless ``keep``: with seed K, or with ``folds`` as fold K of that many
+    (``-o folds=N -o fold=K``, seed 0: the folds are one partition)."""
     from mmfurnace.config import load_run_config
     from mmfurnace.data.prepare import build_builtin
 
     @contextlib.contextmanager
     def split_data(k: int) -> Iterator[tuple[Any, Any]]:
-        root = scratch / f"tuxpaint-seed{k}"
+        root = scratch / (f"tuxpaint-seed{k}" if folds is None else f"tuxpaint-fold{k}of{folds}")
         cfg = load_run_config(config, [*overrides, f"data.root={root}",
                                        f"train.feature_cache_dir={root / 'features'}"])
+        seed, options = (k, {}) if folds is None else (0, {"folds": folds, "fold": k})
         try:
-            build_builtin("tuxpaint", root, data_cfg=cfg.data, seed=k)
+            build_builtin("tuxpaint", root, data_cfg=cfg.data, seed=seed, options=options)
             yield cfg, None
         finally:
             if not keep:
@@ -357,24 +394,34 @@ def markdown(report: dict[str, Any]) -> str:
                   f"- feature cache: {json.dumps(table['feature_cache'])}; all rows trained in "
                   f"{table['ablation_s']:.0f} s; probes read their features in "
                   f"{table['probe_read_s']:.1f} s", ""]
-    if report.get("resplits"):
-        lines += _resplit_lines(report["resplits"])
+    for key in ("resplits", "cv"):
+        if report.get(key):
+            lines += _resplit_lines(report[key])
     return "\n".join(lines)
 
 
 def _resplit_lines(resplits: dict[str, Any]) -> list[str]:
     fusion, gap = resplits["fusion"], resplits["gap"]
-    lines = [f"## {fusion} vs probe-concat on {gap['splits']} other grouped splits", "",
-             "Each split is the dataset built again with another seed "
-             "(`mmfurnace data build tuxpaint --seed K`): other stamps in train, valid and "
-             f"test; {fusion} over seeds {', '.join(map(str, resplits['seeds']))}.", "",
-             f"| split seed | train / valid / test rows | {fusion} test % | probe-concat test % "
-             f"(L2) | gap pt | {fusion} valid % | probe valid % |",
-             "|---|---|---|---|---|---|---|"]
+    folds = resplits.get("kind") == "folds"
+    seeds = ", ".join(map(str, resplits["seeds"]))
+    if folds:
+        lines = [f"## {fusion} vs probe-concat by {gap['splits']}-fold cross-validation", "",
+                 f"The dataset built once per fold (`mmfurnace data build tuxpaint -o "
+                 f"folds={gap['splits']} -o fold=K`): stratified folds that keep each stamp group "
+                 "whole; fold K is the test split, the next fold the valid split, the rest train, "
+                 f"so every stamp is tested exactly once; {fusion} over seeds {seeds}.", ""]
+    else:
+        lines = [f"## {fusion} vs probe-concat on {gap['splits']} other grouped splits", "",
+                 "Each split is the dataset built again with another seed "
+                 "(`mmfurnace data build tuxpaint --seed K`): other stamps in train, valid and "
+                 f"test; {fusion} over seeds {seeds}.", ""]
+    lines += [f"| {'fold' if folds else 'split seed'} | train / valid / test rows | {fusion} "
+              f"test % | probe-concat test % (L2) | gap pt | {fusion} valid % | probe valid % |",
+              "|---|---|---|---|---|---|---|"]
     for r in resplits["splits"]:
         n = r["rows"]
         lines.append(
-            f"| {r['split_seed']} | {n.get('train')} / {n.get('valid')} / {n.get('test')} "
+            f"| {r['split']} | {n.get('train')} / {n.get('valid')} / {n.get('test')} "
             f"| {_pct(r['fusion_test'], r['fusion_test_std'])} | {_pct(r['probe_test'])} "
             f"({r['probe_weight_decay']:g}) | {100 * (r['fusion_test'] - r['probe_test']):+.2f} "
             f"| {_pct(r['fusion_valid'])} | {_pct(r['probe_valid'])} |")
@@ -391,18 +438,19 @@ def _resplit_lines(resplits: dict[str, Any]) -> list[str]:
         verdict = "the interval holds 0: no difference resolved"
     lines += ["", f"- {fusion} − probe over splits: mean {100 * gap['mean']:+.2f} pt{interval} "
                   f"({verdict}); {fusion} ahead on {gap['wins']}, behind on {gap['losses']}, "
-                  f"level on {gap['ties']} splits (sign test p = {gap['sign_p']:.2f})", ""]
+                  f"level on {gap['ties']} splits (sign test p = {gap['sign_p']:.2f})",
+              *_paired_line(resplits.get("pooled"), "test rows of all folds"), ""]
     return lines
 
 
-def _paired_line(gap: dict[str, Any] | None) -> list[str]:
+def _paired_line(gap: dict[str, Any] | None, rows: str = "test rows") -> list[str]:
     if not gap:
         return []
     if "error" in gap:
         return [f"- {gap['fusion']} vs the probe row by row: not compared ({gap['error']})"]
-    verdict = ("the interval holds 0: the test split cannot tell them apart"
+    verdict = (f"the interval holds 0: these {rows} cannot tell them apart"
                if gap["low"] <= 0 <= gap["high"] else "the interval excludes 0")
-    return [f"- {gap['fusion']} − probe on the same {gap['rows']} test rows: "
+    return [f"- {gap['fusion']} − probe on the same {gap['rows']} {rows}: "
             f"{100 * gap['delta']:+.2f} pt, {100 * gap['level']:.0f}% bootstrap interval "
             f"{100 * gap['low']:+.2f} … {100 * gap['high']:+.2f} pt ({verdict}); rows only "
             f"{gap['fusion']} gets right {gap['only_a']:.1f}, only the probe {gap['only_b']:.1f} "
@@ -425,9 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seeds", default="",
                         help="tuxpaint: also run the best fusion and probe-concat on the dataset "
                         "built with each of these seeds (other grouped splits), e.g. 1,2,3,4,5")
+    parser.add_argument("--cv-folds", type=int, default=0,
+                        help="tuxpaint: also run the best fusion and probe-concat by K-fold "
+                        "cross-validation (the dataset built once per fold; every stamp tested "
+                        "once), e.g. 5")
     parser.add_argument("--split-scratch", type=Path, default=None,
-                        help="where the re-split builds go (default <out>/<dataset>/split-data); "
-                        "each is removed after its split unless --keep-split-data")
+                        help="where the re-split and fold builds go (default "
+                        "<out>/<dataset>/split-data); each is removed after its split unless "
+                        "--keep-split-data")
     parser.add_argument("--keep-split-data", action="store_true")
     parser.add_argument("-o", "--override", action="append", default=[],
                         help="dotted override of the run config, e.g. train.epochs=20")
@@ -443,11 +496,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     split_seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
     out = args.out / dataset
-    if split_seeds and dataset != "tuxpaint":
-        raise SystemExit(f"error: --split-seeds: {dataset}'s test split is fixed (fsdd-mnist "
-                         "tests on takes 0-4, its official split); only tuxpaint draws its split "
-                         "from a seed")
-    resplits = None
+    for flag, used in (("--split-seeds", split_seeds), ("--cv-folds", args.cv_folds)):
+        if used and dataset != "tuxpaint":
+            raise SystemExit(f"error: {flag}: {dataset}'s test split is fixed (fsdd-mnist "
+                             "tests on takes 0-4, its official split); only tuxpaint draws its "
+                             "split from the stamps")
+    if args.cv_folds and not 3 <= args.cv_folds <= 20:
+        raise SystemExit(f"error: --cv-folds must be 3 to 20 (a test fold, a valid fold and "
+                         f"train), got {args.cv_folds}")
+    resplits = cv = None
     try:
         check_sources(dataset, args.fsdd, args.mnist_test)
         cfg = load_run_config(config, args.override)
@@ -461,19 +518,24 @@ def main(argv: list[str] | None = None) -> int:
             tables[f"speaker {holdout} held out (test = only his clips, never heard in training)"] = (
                 run_table(held, seeds, out / f"holdout-{holdout}"))
         best = tables["test split"]["checks"]["best_fusion"]
-        if split_seeds and best is not None:
-            fusion = next(r["name"] for r in tables["test split"]["rows"]
-                          if r["kind"] == "fusion" and r["accuracy_mean"] == best)
-            scratch = args.split_scratch or out / "split-data"
+        fusion = next((r["name"] for r in tables["test split"]["rows"]
+                       if r["kind"] == "fusion" and r["accuracy_mean"] == best), None)
+        scratch = args.split_scratch or out / "split-data"
+        if split_seeds and fusion is not None:
             resplits = resplit_rows(fusion, seeds, split_seeds, out / "resplits",
                                     tuxpaint_splits(config, args.override, scratch,
                                                     args.keep_split_data))
+        if args.cv_folds and fusion is not None:
+            cv = resplit_rows(fusion, seeds, list(range(args.cv_folds)), out / f"cv{args.cv_folds}",
+                              tuxpaint_splits(config, args.override, scratch,
+                                              args.keep_split_data, folds=args.cv_folds),
+                              folds=True)
     except MMFurnaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     report = {"dataset": dataset, "config": str(config), "seeds": seeds,
               "command": " ".join(["python benchmarks/real_results.py", *(argv or sys.argv[1:])]),
-              "credit": CREDIT[dataset], "tables": tables, "resplits": resplits,
+              "credit": CREDIT[dataset], "tables": tables, "resplits": resplits, "cv": cv,
               "machine": machine_info()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")

@@ -20,12 +20,18 @@ def _restored_rng():
     torch.set_rng_state(state)
 
 
-def test_table_has_unimodal_fusion_and_probe_rows_and_its_checks(tmp_path: Path) -> None:
-    bench = load_benchmark("real_results")
+def _frozen_tiny_config(tmp_path: Path):
+    """A one-epoch late-fusion run config on tiny encoders, all frozen (the probe's need)."""
     cfg = tiny_run_config(tmp_path / "unused", fusion="late", epochs=1,
                           feature_cache_dir=tmp_path / "cache")
     for encoder in cfg.model.encoders.values():
         encoder.freeze = True
+    return cfg
+
+
+def test_table_has_unimodal_fusion_and_probe_rows_and_its_checks(tmp_path: Path) -> None:
+    bench = load_benchmark("real_results")
+    cfg = _frozen_tiny_config(tmp_path)
     table = bench.run_table(cfg, [0], tmp_path / "out", datasets=tiny_datasets(24, 12, 12))
     names = [r["name"] for r in table["rows"]]
     assert names == ["unimodal-audio", "unimodal-image", "unimodal-text", "early", "late",
@@ -93,10 +99,7 @@ def test_resplits_run_the_fusion_and_the_probe_per_split_and_read_finished_split
     import contextlib
 
     bench = load_benchmark("real_results")
-    cfg = tiny_run_config(tmp_path / "unused", fusion="late", epochs=1,
-                          feature_cache_dir=tmp_path / "cache")
-    for encoder in cfg.model.encoders.values():
-        encoder.freeze = True
+    cfg = _frozen_tiny_config(tmp_path)
     opened, closed = [], []
 
     @contextlib.contextmanager
@@ -110,7 +113,7 @@ def test_resplits_run_the_fusion_and_the_probe_per_split_and_read_finished_split
     out = tmp_path / "resplits"
     result = bench.resplit_rows("late", [0], [1, 2], out, split_data)
     assert (opened, closed) == ([1, 2], [1, 2])
-    assert [r["split_seed"] for r in result["splits"]] == [1, 2]
+    assert [r["split"] for r in result["splits"]] == [1, 2]
     assert [r["rows"]["test"] for r in result["splits"]] == [12, 16]
     gaps = [r["fusion_test"] - r["probe_test"] for r in result["splits"]]
     assert result["gap"]["mean"] == pytest.approx(sum(gaps) / 2)
@@ -119,7 +122,12 @@ def test_resplits_run_the_fusion_and_the_probe_per_split_and_read_finished_split
     for r in result["splits"]:
         assert 0.0 <= r["fusion_test"] <= 1.0
         assert 0.0 <= r["probe_test"] <= 1.0
-        assert (out / f"split{r['split_seed']}" / "runs" / "late" / "seed0").is_dir()
+        assert (out / f"split{r['split']}" / "runs" / "late" / "seed0").is_dir()
+        # the per-row record agrees with the accuracies
+        assert [len(c) for c in r["fusion_correct"]] == [r["rows"]["test"]]
+        assert sum(r["fusion_correct"][0]) / r["rows"]["test"] == pytest.approx(r["fusion_test"])
+        assert sum(r["probe_correct"]) / r["rows"]["test"] == pytest.approx(r["probe_test"])
+    assert "pooled" not in result  # other splits share rows: no pooled row-by-row gap
     # finished splits are read back from their summaries: no data opened again
     again = bench.resplit_rows("late", [0], [1, 2], out, split_data)
     assert opened == [1, 2]
@@ -129,7 +137,42 @@ def test_resplits_run_the_fusion_and_the_probe_per_split_and_read_finished_split
     assert any(line.startswith("- late − probe over splits: mean ") for line in text)
 
 
-def test_split_seeds_are_refused_for_fsdd_mnist_whose_test_split_is_fixed() -> None:
+def test_folds_pool_every_test_row_into_one_row_by_row_gap(tmp_path: Path) -> None:
+    import contextlib
+
     bench = load_benchmark("real_results")
-    with pytest.raises(SystemExit, match="split-seeds.*fixed.*only tuxpaint"):
-        bench.main(["--dataset", "fsdd-mnist", "--split-seeds", "1,2"])
+    cfg = _frozen_tiny_config(tmp_path)
+
+    @contextlib.contextmanager
+    def split_data(k: int):
+        yield cfg, tiny_datasets(24, 8, 8 + 4 * k)
+
+    result = bench.resplit_rows("late", [0, 1], [0, 1, 2], tmp_path / "cv3", split_data,
+                                folds=True)
+    assert result["kind"] == "folds"
+    pooled = result["pooled"]
+    assert pooled["rows"] == 8 + 12 + 16
+    right = [(sum(map(sum, r["fusion_correct"])) / 2, sum(r["probe_correct"]))
+             for r in result["splits"]]
+    assert pooled["delta"] == pytest.approx(sum(a - b for a, b in right) / 36)
+    assert pooled["low"] <= pooled["delta"] <= pooled["high"]
+    text = bench._resplit_lines(result)
+    assert "## late vs probe-concat by 3-fold cross-validation" in text
+    assert "| fold | train / valid / test rows |" in "\n".join(text)
+    assert any(line.startswith("- late − probe on the same 36 test rows of all folds: ")
+               for line in text)
+
+
+@pytest.mark.parametrize("flag", [["--split-seeds", "1,2"], ["--cv-folds", "5"]])
+def test_split_seeds_and_folds_are_refused_for_fsdd_mnist_whose_test_split_is_fixed(
+    flag: list[str],
+) -> None:
+    bench = load_benchmark("real_results")
+    with pytest.raises(SystemExit, match=f"{flag[0]}.*fixed.*only tuxpaint"):
+        bench.main(["--dataset", "fsdd-mnist", *flag])
+
+
+def test_too_few_folds_are_refused() -> None:
+    bench = load_benchmark("real_results")
+    with pytest.raises(SystemExit, match="--cv-folds must be 3 to 20"):
+        bench.main(["--dataset", "tuxpaint", "--cv-folds", "2"])

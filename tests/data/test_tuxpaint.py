@@ -4,12 +4,14 @@ the installed tuxpaint-stamps-default when it is there."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
+from pydantic import ValidationError
 
 from mmfurnace.config import load_run_config
 from mmfurnace.data.builtin import tuxpaint_stamps as ts
@@ -182,6 +184,50 @@ def test_groups_stay_in_one_split_and_every_class_is_in_every_split(tmp_path: Pa
                 "train", "valid", "test"}
     assert ts.group_key(ts.Stamp("x", "x/cartoon", "kangaroo-silo")) == "x/kangaroo"
     assert ts.group_key(ts.Stamp("x", "x", "W_filled")) == ts.group_key(ts.Stamp("x", "x", "w_outline"))
+
+
+def test_folds_are_stratified_keep_groups_whole_and_even_out_sizes() -> None:
+    stamps = [ts.Stamp(category=c, folder=c, name=n) for c in ("a", "b")
+              for n in ("rocket1", "rocket2", "rocket3", "moon", "sun", "star", "comet", "cat",
+                        "dog_big", "dog_small", "owl", "bee")]  # fmt: skip
+    stamps += [ts.Stamp(category="c", folder="c", name=n) for n in ("x", "y")]
+    for seed in range(5):
+        folds = ts.group_folds(stamps, folds=3, rng=np.random.default_rng(seed))
+        by_group: dict[str, set[int]] = {}
+        for s, fold in zip(stamps, folds, strict=True):
+            by_group.setdefault(ts.group_key(s), set()).add(fold)
+        assert all(len(v) == 1 for v in by_group.values())
+        # each of a and b: the 3 rockets in one fold, the 7 other groups fill the other two
+        # up to 4 stamps a fold; c's two stamps go to the two folds that are smallest then
+        for c in ("a", "b"):
+            assert sorted(Counter(f for s, f in zip(stamps, folds, strict=True)
+                                  if s.category == c).values()) == [4, 4, 4]  # fmt: skip
+        assert sorted(Counter(folds).values()) == [8, 9, 9]
+    with pytest.raises(InputError, match="at least 2 folds"):
+        ts.group_folds(stamps, folds=1, rng=np.random.default_rng(0))
+
+
+def test_a_fold_build_tests_one_fold_and_validates_on_the_next(stamps: Path, tmp_path: Path) -> None:
+    pytest.importorskip("resvg_py")
+    test, valid, stamp_of = [], [], {}
+    for fold in range(3):
+        opts = TuxpaintOptions(stamps=stamps, folds=3, fold=fold)
+        manifest = build_tuxpaint_raw(tmp_path / f"fold{fold}", options=opts)
+        rows = _rows(manifest)
+        assert {r["split"] for r in rows} == {"train", "valid", "test"}
+        test.append({r["id"] for r in rows if r["split"] == "test"})
+        valid.append({r["id"] for r in rows if r["split"] == "valid"})
+        for p in _rows(manifest.parent / "provenance.jsonl"):
+            assert stamp_of.setdefault(p["id"], p["stamp"]) == p["stamp"]  # the same ids
+        build = json.loads((manifest.parent / "build.json").read_text())
+        assert (build["options"]["folds"], build["options"]["fold"]) == (3, fold)
+    # one partition: every stamp tested exactly once; fold k validates on fold k+1's test rows
+    assert sorted(i for t in test for i in t) == sorted(stamp_of)
+    assert valid == [test[1], test[2], test[0]]
+    with pytest.raises(ValidationError, match="fold must be below folds"):
+        TuxpaintOptions(folds=3, fold=3)
+    with pytest.raises(ValidationError, match="fold is set but folds is not"):
+        TuxpaintOptions(fold=1)
 
 
 def test_corrupt_files_are_skipped_and_counted(tmp_path: Path) -> None:

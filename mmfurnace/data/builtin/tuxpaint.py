@@ -56,11 +56,19 @@ class TuxpaintOptions(StrictModel):
     image_max_side: int = Field(320, ge=32, le=2048)
     valid_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    # Cross-validation builds: stratified group folds (the seed fixes them); fold ``fold`` is
+    # the test split, the next fold the valid split, the rest train (the fractions unused).
+    folds: int | None = Field(None, ge=3, le=20)
+    fold: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _fractions(self) -> TuxpaintOptions:
         if self.valid_fraction + self.test_fraction >= 0.8:
             raise ValueError("valid_fraction + test_fraction must leave at least 20% for train")
+        if self.folds is None and self.fold:
+            raise ValueError("fold is set but folds is not: set folds (e.g. -o folds=5)")
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"fold must be below folds ({self.folds}), got {self.fold}")
         return self
 
 
@@ -113,7 +121,7 @@ def _build_into(
         raise InputError(f"no stamp under {opts.stamps} has any usable modality")
     classes = sorted({s.category for s in kept})
     rng = np.random.default_rng(np.random.SeedSequence(seed))
-    splits = ts.group_split(kept, valid=opts.valid_fraction, test=opts.test_fraction, rng=rng)
+    splits = _splits(kept, opts, rng)
     manifest, provenance = [], []
     for row, stamp, split in zip(rows, kept, splits, strict=True):
         sources = row.pop("sources")
@@ -124,6 +132,14 @@ def _build_into(
     write_jsonl(root / "provenance.jsonl", provenance)
     write_json(root / "classes.json", classes)
     return _record(opts, seed, limit, manifest, provenance, len(stamps), skipped)
+
+
+def _splits(stamps: list[ts.Stamp], opts: TuxpaintOptions, rng: np.random.Generator) -> list[str]:
+    if opts.folds is None:
+        return ts.group_split(stamps, valid=opts.valid_fraction, test=opts.test_fraction, rng=rng)
+    folds = ts.group_folds(stamps, folds=opts.folds, rng=rng)
+    valid = (opts.fold + 1) % opts.folds
+    return ["test" if f == opts.fold else "valid" if f == valid else "train" for f in folds]
 
 
 def _limit(stamps: list[ts.Stamp], limit: int | None) -> list[ts.Stamp]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,24 +191,53 @@ def group_split(
     random order among equals, go to whichever split is furthest below its share (valid and
     test get one group before anything else), so each category is stratified and each group
     stays in one split. A category with fewer than 3 groups goes to train whole."""
+    out = [""] * len(stamps)
+    for groups, total in _category_groups(stamps, rng):
+        want = {"train": (1 - valid - test) * total, "valid": valid * total, "test": test * total}
+        if len(groups) < 3:
+            want = {"train": total, "valid": 0.0, "test": 0.0}
+        have = dict.fromkeys(want, 0)
+        for rows in groups:
+            # Valid and test get their first group before train takes any share beyond one.
+            split = max(want, key=lambda s: (have[s] == 0 and want[s] > 0, want[s] - have[s]))
+            have[split] += len(rows)
+            for i in rows:
+                out[i] = split
+    return out
+
+
+def group_folds(stamps: list[Stamp], *, folds: int, rng: np.random.Generator) -> list[int]:
+    """Fold index (0..folds-1) per stamp, for cross-validation: per category, groups
+    (:func:`group_key`), largest first and in random order among equals, go to the fold with
+    the fewest stamps of that category (then the fewest stamps overall, then the lowest
+    index), so every fold is stratified and each group stays in one fold."""
+    if folds < 2:
+        raise InputError(f"cross-validation needs at least 2 folds, got {folds}")
+    out = [0] * len(stamps)
+    size = [0] * folds
+    for groups, _ in _category_groups(stamps, rng):
+        have = [0] * folds
+        for rows in groups:
+            fold = min(range(folds), key=lambda f: (have[f], size[f], f))
+            have[fold] += len(rows)
+            size[fold] += len(rows)
+            for i in rows:
+                out[i] = fold
+    return out
+
+
+def _category_groups(
+    stamps: list[Stamp], rng: np.random.Generator
+) -> Iterator[tuple[list[list[int]], int]]:
+    """Per category (sorted): its groups' stamp indices, largest first (ties in ``rng``'s
+    order), and its stamp count."""
     by_category: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, s in enumerate(stamps):
         by_category[s.category][group_key(s)].append(i)
-    out = [""] * len(stamps)
     for category in sorted(by_category):
         groups = by_category[category]
         names = sorted(groups)
-        total = sum(len(v) for v in groups.values())
-        want = {"train": (1 - valid - test) * total, "valid": valid * total, "test": test * total}
-        if len(names) < 3:
-            want = {"train": total, "valid": 0.0, "test": 0.0}
-        have = dict.fromkeys(want, 0)
         shuffled = [names[j] for j in rng.permutation(len(names))]
         # Largest groups first (ties in random order), so the small ones even out the shares.
-        for g in sorted(shuffled, key=lambda g: -len(groups[g])):
-            # Valid and test get their first group before train takes any share beyond one.
-            split = max(want, key=lambda s: (have[s] == 0 and want[s] > 0, want[s] - have[s]))
-            have[split] += len(groups[g])
-            for i in groups[g]:
-                out[i] = split
-    return out
+        ordered = sorted(shuffled, key=lambda g: -len(groups[g]))
+        yield [groups[g] for g in ordered], sum(len(v) for v in groups.values())
