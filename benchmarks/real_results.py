@@ -140,10 +140,13 @@ def probe_rows(
     return rows, read_s, concat
 
 
-def best_fusion_vs_probe(rows: list[dict[str, Any]], out: Path, concat: Any) -> dict[str, Any] | None:
+def best_fusion_vs_probe(
+    rows: list[dict[str, Any]], out: Path, concat: Any, groups: list[str] | None = None
+) -> dict[str, Any] | None:
     """The best fusion row against the concatenated probe on the same test rows
-    (mmfurnace/train/paired.py): the gap with a 95% bootstrap interval over rows, and the rows
-    only one of them gets right. Reads each seed's test_predictions.npz."""
+    (mmfurnace/train/paired.py): the gap with a 95% bootstrap interval over rows (over
+    ``groups`` of rows when given), and the rows only one of them gets right. Reads each
+    seed's test_predictions.npz."""
     import torch
 
     from mmfurnace.errors import MMFurnaceError
@@ -159,8 +162,29 @@ def best_fusion_vs_probe(rows: list[dict[str, Any]], out: Path, concat: Any) -> 
     except MMFurnaceError as err:
         return {"fusion": best["name"], "error": str(err)}
     fused = torch.stack([correct_rows(x, labels) for x in logits])
-    gap = paired_accuracy(fused, correct_rows(probe.test_logits, labels))
+    gap = paired_accuracy(fused, correct_rows(probe.test_logits, labels), groups=groups)
     return {"fusion": best["name"], **gap.as_dict()}
+
+
+def test_groups(root: Path, labels: Any) -> list[str] | None:
+    """The group of each test row of the dataset built at ``root``, in the split's order, from
+    ``raw/provenance.jsonl`` (tuxpaint records each stamp's group: variants of one picture);
+    None when the build records no groups. ``labels`` (the test split's) check the order."""
+    from mmfurnace.errors import MMFurnaceError
+
+    raw = Path(root) / "raw"
+    if not (raw / "provenance.jsonl").is_file():
+        return None
+    manifest, provenance = ([json.loads(line) for line in (raw / name).read_text(
+        encoding="utf-8").splitlines() if line.strip()] for name in ("manifest.jsonl",
+                                                                       "provenance.jsonl"))
+    classes = json.loads((raw / "classes.json").read_text(encoding="utf-8"))
+    rows = [(m, p) for m, p in zip(manifest, provenance, strict=True) if m["split"] == "test"]
+    if any("group" not in p for _, p in rows):
+        return None
+    if [classes.index(m["label"]) for m, _ in rows] != labels.tolist():
+        raise MMFurnaceError(f"{raw}: the manifest's test rows are not the test split's rows")
+    return [p["group"] for _, p in rows]
 
 
 def ablation_rows(
@@ -238,8 +262,11 @@ def run_table(cfg: Any, seeds: list[int], out: Path, datasets: Any = None) -> di
     ablation_s = time.perf_counter() - started
     probes, read_s, concat = probe_rows(cfg, modalities, seeds, datasets)
     rows += probes
+    groups = None
+    if datasets is None and concat is not None and concat[1] is not None:
+        groups = test_groups(cfg.data.root, concat[1])
     return {"root": str(cfg.data.root), "rows": rows, "checks": checks(rows),
-            "best_fusion_vs_probe": best_fusion_vs_probe(rows, out, concat),
+            "best_fusion_vs_probe": best_fusion_vs_probe(rows, out, concat, groups),
             "ablation_s": ablation_s, "probe_read_s": read_s, "feature_cache": feature_stats(out)}
 
 
@@ -281,7 +308,8 @@ def resplit_rows(
                 raise MMFurnaceError(f"split {k}: {fusion} failed: {variant.error}")
             pooled = cached_pooled(cfg, datasets=datasets)
             probe = run_probe(pooled, sorted(cfg.data.modalities))
-        labels = pooled["test"].labels
+            labels = pooled["test"].labels
+            groups = None if datasets is not None else test_groups(cfg.data.root, labels)
         row = {"split": k, "rows": {s: len(p) for s, p in pooled.items()},
                "fusion_test": variant.accuracy_mean, "fusion_test_std": variant.accuracy_std,
                "fusion_valid": valid_mean(result, fusion),
@@ -291,7 +319,7 @@ def resplit_rows(
                "fusion_correct": [correct_rows(logits, labels).int().tolist()
                                   for logits in _test_logits(out / f"split{k}", fusion, seeds, labels)],
                "probe_correct": correct_rows(probe.test_logits, labels).int().tolist(),
-               "seconds": time.perf_counter() - started}
+               "test_groups": groups, "seconds": time.perf_counter() - started}
         write_json_atomic(summary, row)  # a split cut short leaves no half summary to read back
         rows.append(row)
     gap = gap_over_splits([r["fusion_test"] for r in rows], [r["probe_test"] for r in rows])
@@ -302,7 +330,11 @@ def resplit_rows(
 
         fused = torch.cat([torch.tensor(r["fusion_correct"], dtype=torch.bool) for r in rows], 1)
         probe_rows = torch.cat([torch.tensor(r["probe_correct"], dtype=torch.bool) for r in rows])
-        report["pooled"] = {"fusion": fusion, **paired_accuracy(fused, probe_rows).as_dict()}
+        # folds keep each group whole, so a group's rows are all in one fold's test split
+        groups = ([g for r in rows for g in r["test_groups"]]
+                  if all(r.get("test_groups") for r in rows) else None)
+        report["pooled"] = {"fusion": fusion,
+                            **paired_accuracy(fused, probe_rows, groups=groups).as_dict()}
     return report
 
 
@@ -450,8 +482,10 @@ def _paired_line(gap: dict[str, Any] | None, rows: str = "test rows") -> list[st
         return [f"- {gap['fusion']} vs the probe row by row: not compared ({gap['error']})"]
     verdict = (f"the interval holds 0: these {rows} cannot tell them apart"
                if gap["low"] <= 0 <= gap["high"] else "the interval excludes 0")
+    over = ("" if gap.get("groups") is None
+            else f" (resampling its {gap['groups']} groups of related rows whole)")
     return [f"- {gap['fusion']} − probe on the same {gap['rows']} {rows}: "
-            f"{100 * gap['delta']:+.2f} pt, {100 * gap['level']:.0f}% bootstrap interval "
+            f"{100 * gap['delta']:+.2f} pt, {100 * gap['level']:.0f}% bootstrap interval{over} "
             f"{100 * gap['low']:+.2f} … {100 * gap['high']:+.2f} pt ({verdict}); rows only "
             f"{gap['fusion']} gets right {gap['only_a']:.1f}, only the probe {gap['only_b']:.1f} "
             "(mean over seeds)"]

@@ -5,7 +5,10 @@ A results table compares means over seeds; on a test split of a few hundred rows
 point is one to three rows. Scoring both models on the same rows makes the comparison paired:
 what varies is only which rows each gets right. :func:`paired_accuracy` resamples the rows
 (bootstrap, the seeds of each model kept together) and reports the gap with a percentile
-interval, plus the rows only one of the two gets right.
+interval, plus the rows only one of the two gets right. Rows that are not independent -- variants
+of one picture, clips of one speaker -- are resampled together when their ``groups`` are given
+(a cluster bootstrap): near-duplicates tend to be right or wrong together, and resampling them
+one by one would make the interval too narrow.
 
     a = correct_rows(logits_a, labels)          # (seeds, rows) bool, or (rows,) for one run
     b = correct_rows(probe_logits, labels)
@@ -22,7 +25,7 @@ over splits and a sign test of how often the first model is ahead.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,7 +40,8 @@ class PairedGap:
     """accuracy(a) - accuracy(b) on the same rows, each averaged over its runs.
 
     delta, low, high: the gap and its ``level`` bootstrap percentile interval (fractions);
-    only_a / only_b: rows only a (only b) gets right, mean over the runs; rows; resamples."""
+    only_a / only_b: rows only a (only b) gets right, mean over the runs; rows; resamples;
+    groups: how many groups were resampled (None: rows one by one)."""
 
     delta: float
     low: float
@@ -47,6 +51,7 @@ class PairedGap:
     only_b: float
     rows: int
     resamples: int
+    groups: int | None = None
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -62,14 +67,23 @@ def correct_rows(logits: Tensor, labels: Tensor, *, multilabel: bool = False) ->
 
 
 def paired_accuracy(
-    a: Tensor, b: Tensor, *, resamples: int = 10_000, level: float = 0.95, seed: int = 0
+    a: Tensor,
+    b: Tensor,
+    *,
+    groups: Sequence[Hashable] | None = None,
+    resamples: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> PairedGap:
     """Bootstrap over rows of mean-over-runs accuracy(a) - accuracy(b).
 
     a, b: (runs, rows) or (rows,) bool correctness of two models on the same rows in the same
     order (runs: seeds of one model; a deterministic model has one). Each resample draws the
     rows with replacement, the same rows for every run of both models; the interval is the
-    resamples' (1 - level) / 2 and (1 + level) / 2 quantiles. Deterministic for a ``seed``."""
+    resamples' (1 - level) / 2 and (1 + level) / 2 quantiles. Deterministic for a ``seed``.
+    groups: one key per row; each resample then draws whole groups with replacement and the
+    statistic is the gap over the rows drawn (with every group a single row: the same draws
+    and interval as without)."""
     a2, b2 = (x.reshape(1, -1) if x.dim() == 1 else x for x in (a, b))
     if a2.dim() != 2 or b2.dim() != 2 or a2.shape[1] != b2.shape[1]:
         raise InputError(f"paired comparison needs the same rows for both models: shapes "
@@ -82,18 +96,28 @@ def paired_accuracy(
                          f"{resamples} at least 1")
     # per-row gap of the run means: the statistic is its mean over rows
     per_row = a2.double().mean(0) - b2.double().mean(0)
+    sums, sizes = per_row, torch.ones_like(per_row)
+    if groups is not None:
+        if len(groups) != rows:
+            raise InputError(f"paired comparison: {len(groups)} group keys for {rows} rows")
+        index: dict[Hashable, int] = {}
+        ids = torch.tensor([index.setdefault(key, len(index)) for key in groups])
+        sums = torch.zeros(len(index), dtype=torch.float64).index_add_(0, ids, per_row)
+        sizes = torch.bincount(ids, minlength=len(index)).double()
+    units = sums.shape[0]
     g = torch.Generator().manual_seed(seed)
-    # resamples drawn in chunks of ~2 M indices: all at once would hold resamples x rows
+    # resamples drawn in chunks of ~2 M indices: all at once would hold resamples x units
     # int64s (800 MB for a 10,000-row test split)
-    chunk = max(1, 2_000_000 // rows)
-    boot = torch.cat([per_row[torch.randint(0, rows, (min(chunk, resamples - i), rows), generator=g)].mean(1)
-                      for i in range(0, resamples, chunk)])
+    chunk = max(1, 2_000_000 // units)
+    draws = (torch.randint(0, units, (min(chunk, resamples - i), units), generator=g)
+             for i in range(0, resamples, chunk))
+    boot = torch.cat([sums[d].sum(1) / sizes[d].sum(1) for d in draws])
     tails = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     low, high = torch.quantile(boot, tails).tolist()
     only_a = (a2.unsqueeze(1) & ~b2.unsqueeze(0)).double().sum(-1).mean()
     only_b = (b2.unsqueeze(0) & ~a2.unsqueeze(1)).double().sum(-1).mean()
     return PairedGap(float(per_row.mean()), float(low), float(high), level, float(only_a),
-                     float(only_b), rows, resamples)
+                     float(only_b), rows, resamples, None if groups is None else units)
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,27 @@ def test_folds_pool_every_test_row_into_one_row_by_row_gap(tmp_path: Path) -> No
                for line in text)
 
 
+def test_test_groups_follow_the_test_split_order_of_the_build(tmp_path: Path) -> None:
+    import json
+
+    from mmfurnace.errors import MMFurnaceError
+
+    bench = load_benchmark("real_results")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = [("0", "train", "b", "b/x"), ("1", "test", "b", "b/y"), ("2", "test", "a", "a/z"),
+            ("3", "valid", "a", "a/z2"), ("4", "test", "b", "b/y")]
+    (raw / "manifest.jsonl").write_text("".join(
+        json.dumps({"id": i, "split": s, "label": c}) + "\n" for i, s, c, _ in rows))
+    (raw / "provenance.jsonl").write_text("".join(
+        json.dumps({"id": i, "group": g}) + "\n" for i, _, _, g in rows))
+    (raw / "classes.json").write_text(json.dumps(["a", "b"]))
+    assert bench.test_groups(tmp_path, torch.tensor([1, 0, 1])) == ["b/y", "a/z", "b/y"]
+    with pytest.raises(MMFurnaceError, match="not the test split.s rows"):
+        bench.test_groups(tmp_path, torch.tensor([0, 0, 1]))
+    assert bench.test_groups(tmp_path / "elsewhere", torch.tensor([1])) is None
+
+
 @pytest.mark.parametrize("flag", [["--split-seeds", "1,2"], ["--cv-folds", "5"]])
 def test_split_seeds_and_folds_are_refused_for_fsdd_mnist_whose_test_split_is_fixed(
     flag: list[str],

@@ -49,6 +49,31 @@ def test_runs_of_a_model_are_averaged_before_the_gap():
     assert (gap.low, gap.high) == (again.low, again.high)  # seeded: the same interval
 
 
+def test_groups_of_one_row_resample_as_rows_do():
+    a = torch.arange(141) % 3 != 0
+    b = torch.arange(141) % 4 != 0
+    rows = paired_accuracy(a, b, resamples=500)
+    singles = paired_accuracy(a, b, groups=[f"g{i}" for i in range(141)], resamples=500)
+    assert (singles.low, singles.high) == pytest.approx((rows.low, rows.high))
+    assert (rows.groups, singles.groups) == (None, 141)
+
+
+def test_rows_of_a_group_are_resampled_together():
+    """20 groups of 10 identical rows: a is ahead on 12 whole groups, b on 8. Row by row this
+    looks like 200 independent rows (interval excluding 0); as 20 groups it is 12 against 8."""
+    a = torch.tensor([i < 12 for i in range(20)]).repeat_interleave(10)
+    b = ~a
+    groups = torch.arange(20).repeat_interleave(10).tolist()
+    rows = paired_accuracy(a, b, resamples=2000)
+    clustered = paired_accuracy(a, b, groups=groups, resamples=2000)
+    assert clustered.delta == rows.delta == pytest.approx(0.2)
+    assert rows.low > 0  # rows treated as independent
+    assert clustered.low < 0 < clustered.high  # 20 groups cannot tell 12 from 8
+    assert clustered.groups == 20
+    with pytest.raises(InputError, match="19 group keys for 200 rows"):
+        paired_accuracy(a, b, groups=groups[:19])
+
+
 def test_correct_rows_single_and_multilabel():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0]])
     assert correct_rows(logits, torch.tensor([0, 0, 0])).tolist() == [True, False, True]
