@@ -32,7 +32,7 @@ both removed after the split -- and reports the gap per split and over splits (m
 interval, sign test: mmfurnace/train/paired.py). ``--cv-folds 5`` does the same on the five
 builds of a cross-validation (``-o folds=5 -o fold=K``: fold K tested, fold K+1 validated on),
 whose test splits hold every stamp once, and also compares the two on all those test rows
-at once (a bootstrap over rows, as for the test split).
+at once (a bootstrap over stamp groups, as for the test split).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def best_fusion_vs_probe(
     return {"fusion": best["name"], **gap.as_dict()}
 
 
-def test_groups(root: Path, labels: Any) -> list[str] | None:
+def groups_of_test_rows(root: Path, labels: Any) -> list[str] | None:
     """The group of each test row of the dataset built at ``root``, in the split's order, from
     ``raw/provenance.jsonl`` (tuxpaint records each stamp's group: variants of one picture);
     None when the build records no groups. ``labels`` (the test split's) check the order."""
@@ -264,7 +264,7 @@ def run_table(cfg: Any, seeds: list[int], out: Path, datasets: Any = None) -> di
     rows += probes
     groups = None
     if datasets is None and concat is not None and concat[1] is not None:
-        groups = test_groups(cfg.data.root, concat[1])
+        groups = groups_of_test_rows(cfg.data.root, concat[1])
     return {"root": str(cfg.data.root), "rows": rows, "checks": checks(rows),
             "best_fusion_vs_probe": best_fusion_vs_probe(rows, out, concat, groups),
             "ablation_s": ablation_s, "probe_read_s": read_s, "feature_cache": feature_stats(out)}
@@ -309,7 +309,7 @@ def resplit_rows(
             pooled = cached_pooled(cfg, datasets=datasets)
             probe = run_probe(pooled, sorted(cfg.data.modalities))
             labels = pooled["test"].labels
-            groups = None if datasets is not None else test_groups(cfg.data.root, labels)
+            groups = None if datasets is not None else groups_of_test_rows(cfg.data.root, labels)
         row = {"split": k, "rows": {s: len(p) for s, p in pooled.items()},
                "fusion_test": variant.accuracy_mean, "fusion_test_std": variant.accuracy_std,
                "fusion_valid": valid_mean(result, fusion),

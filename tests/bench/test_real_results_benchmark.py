@@ -163,7 +163,7 @@ def test_folds_pool_every_test_row_into_one_row_by_row_gap(tmp_path: Path) -> No
                for line in text)
 
 
-def test_test_groups_follow_the_test_split_order_of_the_build(tmp_path: Path) -> None:
+def test_groups_of_test_rows_follow_the_test_split_order_of_the_build(tmp_path: Path) -> None:
     import json
 
     from mmfurnace.errors import MMFurnaceError
@@ -178,10 +178,10 @@ def test_test_groups_follow_the_test_split_order_of_the_build(tmp_path: Path) ->
     (raw / "provenance.jsonl").write_text("".join(
         json.dumps({"id": i, "group": g}) + "\n" for i, _, _, g in rows))
     (raw / "classes.json").write_text(json.dumps(["a", "b"]))
-    assert bench.test_groups(tmp_path, torch.tensor([1, 0, 1])) == ["b/y", "a/z", "b/y"]
+    assert bench.groups_of_test_rows(tmp_path, torch.tensor([1, 0, 1])) == ["b/y", "a/z", "b/y"]
     with pytest.raises(MMFurnaceError, match="not the test split.s rows"):
-        bench.test_groups(tmp_path, torch.tensor([0, 0, 1]))
-    assert bench.test_groups(tmp_path / "elsewhere", torch.tensor([1])) is None
+        bench.groups_of_test_rows(tmp_path, torch.tensor([0, 0, 1]))
+    assert bench.groups_of_test_rows(tmp_path / "elsewhere", torch.tensor([1])) is None
 
 
 @pytest.mark.parametrize("flag", [["--split-seeds", "1,2"], ["--cv-folds", "5"]])
