@@ -294,7 +294,9 @@ def resplit_rows(
     for k in splits:
         summary = out / f"split{k}" / "summary.json"
         if summary.is_file():
-            rows.append(json.loads(summary.read_text(encoding="utf-8")))
+            row = json.loads(summary.read_text(encoding="utf-8"))
+            row.setdefault("split", row.get("split_seed", k))  # summaries written before folds
+            rows.append(row)
             continue
         started = time.perf_counter()
         print(f"{'fold' if folds else 'split seed'} {k}: {fusion} over seeds {seeds} and "

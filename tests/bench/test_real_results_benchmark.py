@@ -4,6 +4,7 @@ minutes of CPU), and a clear error when fsdd-mnist's shared data is missing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,12 @@ def test_resplits_run_the_fusion_and_the_probe_per_split_and_read_finished_split
     again = bench.resplit_rows("late", [0], [1, 2], out, split_data)
     assert opened == [1, 2]
     assert again["splits"] == result["splits"]
+    # a summary written before folds existed named its split "split_seed"
+    old = out / "split2" / "summary.json"
+    row = json.loads(old.read_text())
+    row["split_seed"] = row.pop("split")
+    old.write_text(json.dumps(row))
+    assert bench.resplit_rows("late", [0], [1, 2], out, split_data)["splits"][1]["split"] == 2
     text = bench._resplit_lines(result)
     assert "## late vs probe-concat on 2 other grouped splits" in text
     assert any(line.startswith("- late − probe over splits: mean ") for line in text)
@@ -164,8 +171,6 @@ def test_folds_pool_every_test_row_into_one_row_by_row_gap(tmp_path: Path) -> No
 
 
 def test_groups_of_test_rows_follow_the_test_split_order_of_the_build(tmp_path: Path) -> None:
-    import json
-
     from mmfurnace.errors import MMFurnaceError
 
     bench = load_benchmark("real_results")
