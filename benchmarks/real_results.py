@@ -327,7 +327,7 @@ def resplit_rows(
     gap = gap_over_splits([r["fusion_test"] for r in rows], [r["probe_test"] for r in rows])
     report = {"fusion": fusion, "seeds": seeds, "kind": "folds" if folds else "seeds",
               "splits": rows, "gap": gap.as_dict()}
-    if folds:
+    if folds and all("fusion_correct" in r for r in rows):
         import torch
 
         fused = torch.cat([torch.tensor(r["fusion_correct"], dtype=torch.bool) for r in rows], 1)
