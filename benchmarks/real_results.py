@@ -170,21 +170,22 @@ def groups_of_test_rows(root: Path, labels: Any) -> list[str] | None:
     """The group of each test row of the dataset built at ``root``, in the split's order, from
     ``raw/provenance.jsonl`` (tuxpaint records each stamp's group: variants of one picture);
     None when the build records no groups. ``labels`` (the test split's) check the order."""
+    from mmfurnace.data.manifest import read_manifest
     from mmfurnace.errors import MMFurnaceError
 
     raw = Path(root) / "raw"
     if not (raw / "provenance.jsonl").is_file():
         return None
-    manifest, provenance = ([json.loads(line) for line in (raw / name).read_text(
-        encoding="utf-8").splitlines() if line.strip()] for name in ("manifest.jsonl",
-                                                                       "provenance.jsonl"))
-    classes = json.loads((raw / "classes.json").read_text(encoding="utf-8"))
-    rows = [(m, p) for m, p in zip(manifest, provenance, strict=True) if m["split"] == "test"]
-    if any("group" not in p for _, p in rows):
+    lines = (raw / "provenance.jsonl").read_text(encoding="utf-8").splitlines()
+    group = {p["id"]: p.get("group") for p in map(json.loads, filter(str.strip, lines))}
+    rows = [r for r in read_manifest(raw / "manifest.jsonl") if r.split == "test"]
+    groups = [group.get(r.id) for r in rows]
+    if None in groups:
         return None
-    if [classes.index(m["label"]) for m, _ in rows] != labels.tolist():
+    classes = json.loads((raw / "classes.json").read_text(encoding="utf-8"))
+    if [classes.index(r.label) for r in rows] != labels.tolist():
         raise MMFurnaceError(f"{raw}: the manifest's test rows are not the test split's rows")
-    return [p["group"] for _, p in rows]
+    return groups
 
 
 def ablation_rows(

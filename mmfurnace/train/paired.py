@@ -96,7 +96,7 @@ def paired_accuracy(
                          f"{resamples} at least 1")
     # per-row gap of the run means: the statistic is its mean over rows
     per_row = a2.double().mean(0) - b2.double().mean(0)
-    sums, sizes = per_row, torch.ones_like(per_row)
+    sums, sizes = per_row, None  # per group: summed gap and rows (None: each row alone)
     if groups is not None:
         if len(groups) != rows:
             raise InputError(f"paired comparison: {len(groups)} group keys for {rows} rows")
@@ -111,7 +111,8 @@ def paired_accuracy(
     chunk = max(1, 2_000_000 // units)
     draws = (torch.randint(0, units, (min(chunk, resamples - i), units), generator=g)
              for i in range(0, resamples, chunk))
-    boot = torch.cat([sums[d].sum(1) / sizes[d].sum(1) for d in draws])
+    boot = torch.cat([sums[d].mean(1) if sizes is None else sums[d].sum(1) / sizes[d].sum(1)
+                      for d in draws])
     tails = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     low, high = torch.quantile(boot, tails).tolist()
     only_a = (a2.unsqueeze(1) & ~b2.unsqueeze(0)).double().sum(-1).mean()

@@ -179,7 +179,7 @@ def test_groups_of_test_rows_follow_the_test_split_order_of_the_build(tmp_path: 
     rows = [("0", "train", "b", "b/x"), ("1", "test", "b", "b/y"), ("2", "test", "a", "a/z"),
             ("3", "valid", "a", "a/z2"), ("4", "test", "b", "b/y")]
     (raw / "manifest.jsonl").write_text("".join(
-        json.dumps({"id": i, "split": s, "label": c}) + "\n" for i, s, c, _ in rows))
+        json.dumps({"id": i, "split": s, "text": "a stamp", "label": c}) + "\n" for i, s, c, _ in rows))
     (raw / "provenance.jsonl").write_text("".join(
         json.dumps({"id": i, "group": g}) + "\n" for i, _, _, g in rows))
     (raw / "classes.json").write_text(json.dumps(["a", "b"]))
